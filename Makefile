@@ -1,0 +1,34 @@
+# Two entry points (README): `make run` (default benchmark) and `make test` (the test suite).
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+CORES ?= 2
+# The rules call `fgbench`, which lives in the virtual environment.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup data run report test clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Fashion-MNIST from Debian's package when offline; without it, `fgbench prepare` downloads it.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) \
+		|| echo "dataset-fashion-mnist not installable: fgbench prepare will download Fashion-MNIST"; \
+	fi
+
+run: setup
+	snakemake --cores $(CORES)
+	snakemake --cores $(CORES) --report results/report.html
+	@echo "Results table: results/tables/summary.md (and summary.csv); report: results/report.html"
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,26 @@
+# fgbench: learn fine-grained embeddings, evaluate them under one protocol, report.
+# Rules are thin: each calls `fgbench <stage>`; the logic lives in pkg/fgbench.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.aggregate.output,
+        PLOTS,

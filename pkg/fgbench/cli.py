@@ -1,0 +1,140 @@
+"""``fgbench prepare|train|embed|evaluate|aggregate|report``: what the Snakemake rules call.
+
+Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
+``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
+status 2, and no partial output (every writer writes a temporary file and renames it).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import FgbenchError
+
+
+def _spec(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FgbenchError(f"--spec is not valid JSON: {e}") from e
+
+
+def ensure_writable(path) -> None:
+    """Fail early, before hours of training, if ``path``'s folder cannot take a file."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise FgbenchError(f"output folder {folder} is not writable ({e.strerror}); choose another output path or --directory") from e
+
+
+def cmd_prepare(args):
+    from .data import prepare  # noqa: PLC0415
+
+    spec = _spec(args.spec)
+    ensure_writable(args.out)
+    prepare(spec["dataset"], spec, args.out)
+
+
+def cmd_train(args):
+    from .train import train  # noqa: PLC0415
+
+    ensure_writable(Path(args.out_dir) / "model.pt")
+    train(_spec(args.spec), args.data, args.out_dir)
+
+
+def cmd_embed(args):
+    from .embed import embed_split  # noqa: PLC0415
+
+    ensure_writable(args.out)
+    embed_split(args.model, args.data, args.split, _spec(args.spec), args.out, device=args.device)
+
+
+def cmd_evaluate(args):
+    from .evaluate import metric_rows  # noqa: PLC0415
+    from .io import atomic_write_text  # noqa: PLC0415
+
+    ensure_writable(args.out)
+    run = _spec(args.run)
+    rows = metric_rows(args.embeddings, _spec(args.spec), run, run.pop("config_hash", ""), device=args.device)
+    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+
+
+def cmd_aggregate(args):
+    from .report import load_metrics, summarise, write_summary  # noqa: PLC0415
+
+    ensure_writable(args.csv)
+    write_summary(summarise(load_metrics(args.metrics)), args.csv, args.markdown)
+
+
+def cmd_report(args):
+    import pandas as pd  # noqa: PLC0415
+
+    from .report import plot_protocol  # noqa: PLC0415
+
+    ensure_writable(args.out)
+    plot_protocol(pd.read_csv(args.summary), args.protocol, args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fgbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="read a dataset's official files, write the prepared .npz")
+    s.add_argument("--spec", required=True, help="JSON: the dataset's config section plus 'dataset'")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train one method (resumes from out-dir's checkpoint)")
+    s.add_argument("--spec", required=True, help="JSON from fgbench.config.train_spec")
+    s.add_argument("--data", required=True, help="prepared dataset (.npz)")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("embed", help="embeddings of one split, with augmented views for test")
+    s.add_argument("--spec", required=True, help="JSON from fgbench.config.embed_spec")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", default="test", choices=("train", "val", "test"))
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("evaluate", help="one protocol on one embeddings file -> metrics JSON")
+    s.add_argument("--spec", required=True, help="JSON from fgbench.config.protocol_spec")
+    s.add_argument("--run", required=True, help="JSON: dataset, setting, method, seed, config_hash")
+    s.add_argument("--embeddings", required=True)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("aggregate", help="metrics JSON files -> summary.csv and summary.md")
+    s.add_argument("--csv", required=True)
+    s.add_argument("--markdown", required=True)
+    s.add_argument("metrics", nargs="+")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="one plot of one protocol from summary.csv")
+    s.add_argument("--summary", required=True)
+    s.add_argument("--protocol", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FgbenchError as e:
+        print(f"fgbench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Typed views of the resolved config: defaults, validation, and one spec per job.
+
+The one place for defaults. ``validate`` fills them in and checks names and ranges, raising
+``ConfigError`` with the key to fix; the ``*_spec`` functions cut from the resolved config
+exactly what one job needs, so a Snakemake job reruns only when its own inputs change.
+"""
+
+import copy
+import hashlib
+import json
+
+from .errors import ConfigError
+from .evaluate.protocols import CLASSIFIERS, PROTOCOLS
+
+TRAIN_DEFAULTS = {
+    "epochs": 10,
+    "batch_size": 128,
+    "optimizer": "adam",  # adam | sgd
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "momentum": 0.9,  # sgd only
+    "sampler": "random",  # random | class_random (RevDML: classes x samples_per_class)
+    "samples_per_class": 2,
+    "augment": "none",  # none | crop_flip
+    "amp": True,  # mixed precision, used on CUDA only
+    "num_workers": 0,
+    "device": "auto",  # auto (CUDA when present) | cpu | cuda
+}
+DATASET_DEFAULTS = {
+    "root": None,
+    "download_dir": None,
+    "val_fraction": 0.1,
+    "split_seed": 0,
+    "max_images_per_class": None,  # {train: n, val: n, test: n}: caps for quick runs and tests
+    "backbone": {"name": "small_cnn"},
+    "view_augment": "crop_flip",
+    "train": {},
+}
+METHOD_DEFAULTS = {"params": {}, "train": {}, "embed_layer": None}  # None: the method's default layer
+EMBED_DEFAULTS = {"views": 5, "batch_size": 1024, "view_seed": 0}
+TOP_LEVEL = {"seeds", "benchmark", "datasets", "methods", "train", "embed", "protocols", "resources"}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Deep merge; keys of ``override`` win. Values of None in override keep the base (timm)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is not None or key not in out:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _positive_int(value, key):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config key '{key}' must be a positive integer, got {value!r}")
+
+
+def _one_of(value, choices, key):
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' is {value!r}; valid values: {', '.join(map(str, choices))}")
+
+
+def _check_train(train: dict, key: str):
+    unknown = set(train) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{key}'; valid keys: {', '.join(TRAIN_DEFAULTS)}")
+    for name in ("epochs", "batch_size", "samples_per_class"):
+        _positive_int(train[name], f"{key}.{name}")
+    if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
+        raise ConfigError(f"config key '{key}.lr' must be a positive number, got {train['lr']!r}")
+    _one_of(train["optimizer"], ("adam", "sgd"), f"{key}.optimizer")
+    _one_of(train["sampler"], ("random", "class_random"), f"{key}.sampler")
+    _one_of(train["augment"], ("none", "crop_flip"), f"{key}.augment")
+    _one_of(train["device"], ("auto", "cpu", "cuda"), f"{key}.device")
+
+
+def _check_protocol(name: str, proto: dict, views: int):
+    key = f"protocols.{name}"
+    unknown = set(proto) - set(PROTOCOLS[name])
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{key}'; valid keys: {', '.join(PROTOCOLS[name])}")
+    if proto["kind"] != PROTOCOLS[name]["kind"]:
+        raise ConfigError(f"'{key}.kind' cannot be changed (it is {PROTOCOLS[name]['kind']})")
+    if proto["kind"] == "fewshot":
+        if proto["n_way"] != "all":
+            _positive_int(proto["n_way"], f"{key}.n_way")
+            if proto["n_way"] < 2:
+                raise ConfigError(f"config key '{key}.n_way' must be at least 2 or 'all', got {proto['n_way']}")
+        for field in ("n_shot", "n_query", "n_aug", "episodes"):
+            _positive_int(proto[field], f"{key}.{field}")
+        if proto["n_aug"] > views:
+            raise ConfigError(f"'{key}.n_aug' = {proto['n_aug']} exceeds embed.views = {views}; raise embed.views")
+        _one_of(proto["classifier"], CLASSIFIERS, f"{key}.classifier")
+    else:
+        for k in proto["recall_k"]:
+            _positive_int(k, f"{key}.recall_k")
+        _one_of(proto["metric"], ("cosine", "euclidean"), f"{key}.metric")
+
+
+def _check_benchmark(cfg: dict):
+    from .data import get_dataset  # noqa: PLC0415 (torch-free, but only needed here)
+    from .methods import get_method_class  # noqa: PLC0415 (imports torch)
+
+    if not cfg["benchmark"]:
+        raise ConfigError("config key 'benchmark' is empty: name at least one dataset, setting and method")
+    for dataset, settings in cfg["benchmark"].items():
+        module = get_dataset(dataset)
+        for setting, methods in (settings or {}).items():
+            if setting not in module.SETTINGS:
+                raise ConfigError(
+                    f"unknown setting '{setting}' for dataset '{dataset}' in 'benchmark'; "
+                    f"valid settings: {', '.join(module.SETTINGS)}"
+                )
+            train_label = module.SETTINGS[setting]["train_label"]
+            for method in methods or []:
+                labels = get_method_class(method).labels
+                if labels == "coarse" and train_label != "coarse":
+                    raise ConfigError(
+                        f"method '{method}' trains on coarse labels, but setting '{setting}' of "
+                        f"'{dataset}' provides {train_label} labels; move it under a coarse_to_fine setting"
+                    )
+
+
+def validate(config: dict) -> dict:
+    """Return the config with every default filled in; raise ConfigError on bad input."""
+    unknown = set(config) - TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL))}")
+    cfg = copy.deepcopy(config)
+    cfg.setdefault("seeds", [0])
+    cfg.setdefault("benchmark", {})
+    for seed in cfg["seeds"]:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"config key 'seeds' must list non-negative integers, got {seed!r}")
+    cfg["train"] = _merge(TRAIN_DEFAULTS, cfg.get("train"))
+    _check_train(cfg["train"], "train")
+    cfg["embed"] = _merge(EMBED_DEFAULTS, cfg.get("embed"))
+    for field in ("views", "batch_size"):
+        _positive_int(cfg["embed"][field], f"embed.{field}")
+    _check_benchmark(cfg)
+    datasets = cfg.get("datasets") or {}
+    cfg["datasets"] = {name: _merge(DATASET_DEFAULTS, datasets.get(name)) for name in cfg["benchmark"]}
+    for name, ds in cfg["datasets"].items():
+        if not 0 < ds["val_fraction"] < 1:
+            raise ConfigError(f"config key 'datasets.{name}.val_fraction' must be in (0, 1), got {ds['val_fraction']}")
+    used = {m for settings in cfg["benchmark"].values() for ms in settings.values() for m in ms or []}
+    methods = cfg.get("methods") or {}
+    for name in methods:
+        if name not in used:
+            from .methods import get_method_class  # noqa: PLC0415
+
+            get_method_class(name)  # a typo in 'methods' gets the list of valid names too
+    cfg["methods"] = {name: _merge(METHOD_DEFAULTS, methods.get(name)) for name in sorted(used | set(methods))}
+    for dataset, ds in cfg["datasets"].items():  # the merged train sections, checked before any job runs
+        _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
+        for name, m in cfg["methods"].items():
+            _check_train(_merge(_merge(cfg["train"], ds["train"]), m["train"]), f"methods.{name}.train")
+    protocols = cfg.get("protocols")
+    if not protocols:
+        raise ConfigError(f"config key 'protocols' is empty; valid protocols: {', '.join(PROTOCOLS)}")
+    for name in protocols:
+        if name not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol '{name}' in 'protocols'; valid protocols: {', '.join(PROTOCOLS)}")
+    cfg["protocols"] = {name: _merge(PROTOCOLS[name], protocols[name]) for name in protocols}
+    for name, proto in cfg["protocols"].items():
+        _check_protocol(name, proto, cfg["embed"]["views"])
+    return cfg
+
+
+# --- one spec per job ------------------------------------------------------------------------
+
+
+def runs(cfg: dict):
+    """Every (dataset, setting, method, seed) cell of the benchmark matrix."""
+    return [
+        (dataset, setting, method, seed)
+        for dataset, settings in cfg["benchmark"].items()
+        for setting, methods in settings.items()
+        for method in methods or []
+        for seed in cfg["seeds"]
+    ]
+
+
+def prepare_spec(cfg: dict, dataset: str) -> dict:
+    ds = cfg["datasets"][dataset]
+    keys = ("root", "download_dir", "val_fraction", "split_seed", "max_images_per_class")
+    return {"dataset": dataset, **{k: ds[k] for k in keys}}
+
+
+def train_spec(cfg: dict, dataset: str, setting: str, method: str, seed: int) -> dict:
+    from .data import get_dataset  # noqa: PLC0415
+
+    ds, m = cfg["datasets"][dataset], cfg["methods"][method]
+    train = _merge(_merge(cfg["train"], ds["train"]), m["train"])
+    return {
+        "dataset": dataset,
+        "setting": setting,
+        "setting_def": get_dataset(dataset).SETTINGS[setting],
+        "method": method,
+        "params": m["params"],
+        "embed_layer": m["embed_layer"],
+        "backbone": ds["backbone"],
+        "train": train,
+        "seed": seed,
+    }
+
+
+def embed_spec(cfg: dict, dataset: str) -> dict:
+    return {**cfg["embed"], "view_augment": cfg["datasets"][dataset]["view_augment"]}
+
+
+def protocol_spec(cfg: dict, protocol: str) -> dict:
+    return {"name": protocol, **cfg["protocols"][protocol]}
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]

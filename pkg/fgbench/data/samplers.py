@@ -1,0 +1,35 @@
+"""Batch samplers. ``class_random`` is RevDML's (``datasampler/class_random_sampler.py``)."""
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ClassRandomBatchSampler(Sampler):
+    """Batches of ``batch_size // samples_per_class`` class draws, ``samples_per_class`` images each.
+
+    As in RevDML: classes are drawn uniformly **with** replacement (a class may appear twice in a
+    batch), images within a class uniformly with replacement; ``len(labels) // batch_size``
+    batches per epoch. Needs a torch ``generator`` so that epochs are reproducible.
+    """
+
+    def __init__(self, labels, *, batch_size: int, samples_per_class: int, generator: torch.Generator):
+        if batch_size % samples_per_class:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {samples_per_class}")
+        labels = torch.as_tensor(labels)
+        self.by_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+        self.draws = batch_size // samples_per_class
+        self.samples_per_class = samples_per_class
+        self.num_batches = max(1, len(labels) // batch_size)
+        self.generator = generator
+
+    def __len__(self):
+        return self.num_batches
+
+    def __iter__(self):
+        g = self.generator
+        for _ in range(self.num_batches):
+            batch = []
+            for c in torch.randint(len(self.by_class), (self.draws,), generator=g).tolist():
+                members = self.by_class[c]
+                batch += members[torch.randint(len(members), (self.samples_per_class,), generator=g)].tolist()
+            yield batch

@@ -1,0 +1,480 @@
+"""Few-shot evaluation of a frozen embedding (SCGM / ANCOR protocol).
+
+The protocol follows the evaluation code of
+
+* SCGM: Ni et al., "Superclass-Conditional Gaussian Mixture Model for Learning
+  Fine-Grained Embeddings", ICLR 2022, and
+* ANCOR: Bukchin et al., "Fine-grained Angular Contrastive Learning with
+  Coarse Labels", CVPR 2021.
+
+Episode ``i`` is drawn with ``np.random.RandomState(i)``, so every method is
+scored on the same episodes.  An episode picks ``n_way`` fine classes (all of
+them when ``n_way == "all"`` or ``n_way`` >= the number available), then per
+class ``n_shot`` support images and ``n_query`` query images from the rest of
+that class, without replacement.  Each support image is represented by its
+first ``n_aug`` augmented views; queries use the plain feature.  Features are
+L2-normalised.  The classifier is multinomial logistic regression with
+exactly scikit-learn's objective ``LogisticRegression(C=1, lbfgs)``:
+
+    0.5 * ||W||^2 + C * sum_i CE(x_i W + b, y_i)      (b not penalised)
+
+solved for a whole batch of episodes at once with Newton-CG in torch.  The
+episode accuracy is the fraction of correct queries; we report the mean over
+episodes and the 95% t-interval half-width.
+
+Intra-class variant (``intra=True``): the episode first picks one coarse class
+(among those with at least two usable fine classes), then
+``min(max_ways, #its fine classes)`` of its fine classes; ``n_way`` is then
+ignored.  ANCOR uses ``max_ways=5``; SCGM uses all of them (``max_ways=None``).
+
+Note: for 2-way episodes modern scikit-learn (>= 1.8) fits a *binary* logistic
+model, whose penalty differs by a factor 2 from the multinomial one solved
+here; for n_way >= 3 the objectives are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.special
+import scipy.stats
+import torch
+
+# Chunking of episodes: gathered inputs stay below _MEMORY_ELEMENTS floats
+# (bounds memory for all-way episodes with large D), and the solver's
+# (E, S, S) work arrays below _CACHE_ELEMENTS, which runs measurably faster on
+# CPU than one huge batch.
+_MEMORY_ELEMENTS = 2**25
+_CACHE_ELEMENTS = 2**18
+
+
+# --------------------------------------------------------------------------
+# Episode sampling
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _ClassIndex:
+    """Members of every usable fine class, built once per dataset."""
+
+    classes: np.ndarray  # usable fine classes, sorted
+    members: dict  # fine class -> indices of its images
+    coarse_of: dict  # fine class -> its coarse class
+
+
+def _check_sizes(n_way, n_shot: int, n_query: int, intra: bool, max_ways) -> None:
+    if n_shot <= 0:
+        raise ValueError(f"n_shot must be a positive integer, got {n_shot!r}")
+    if n_query <= 0:
+        raise ValueError(f"n_query must be a positive integer, got {n_query!r}")
+    if intra:
+        if max_ways is not None and max_ways < 2:
+            raise ValueError(f"max_ways must be >= 2 or None, got {max_ways!r}")
+    elif n_way != "all" and (isinstance(n_way, str) or n_way < 2):
+        raise ValueError(f'n_way must be an integer >= 2 or "all", got {n_way!r}')
+
+
+def _class_index(fine: np.ndarray, coarse: np.ndarray | None, min_count: int) -> _ClassIndex:
+    """Index the fine classes that have at least ``min_count`` images."""
+    fine = np.asarray(fine)
+    order = np.argsort(fine, kind="stable")
+    labels, starts, counts = np.unique(fine[order], return_index=True, return_counts=True)
+    keep = counts >= min_count
+    if keep.sum() < 2:
+        raise ValueError(
+            f"need at least 2 fine classes with >= {min_count} images "
+            f"(n_shot + n_query), found {int(keep.sum())}"
+        )
+    members, coarse_of = {}, {}
+    for c, s, n in zip(labels[keep], starts[keep], counts[keep]):
+        members[c] = order[s : s + n]
+        coarse_of[c] = None if coarse is None else np.asarray(coarse)[members[c][0]]
+    return _ClassIndex(labels[keep], members, coarse_of)
+
+
+def _choose_classes(rng, index: _ClassIndex, n_way, intra: bool, max_ways) -> np.ndarray:
+    if not intra:
+        if n_way == "all" or n_way >= len(index.classes):
+            return index.classes
+        return np.sort(rng.choice(index.classes, n_way, replace=False))
+    # Intra-class episodes: all ways share one coarse class.
+    by_coarse: dict = {}
+    for c in index.classes:
+        by_coarse.setdefault(index.coarse_of[c], []).append(c)
+    eligible = sorted(k for k, v in by_coarse.items() if len(v) >= 2)
+    if not eligible:
+        raise ValueError("intra episodes need a coarse class with >= 2 usable fine classes")
+    fines = np.array(by_coarse[eligible[rng.randint(len(eligible))]])
+    n = len(fines) if max_ways is None else min(max_ways, len(fines))
+    return np.sort(rng.choice(fines, n, replace=False))
+
+
+def _draw(episode: int, index: _ClassIndex, n_way, n_shot, n_query, intra, max_ways):
+    rng = np.random.RandomState(episode)
+    classes = _choose_classes(rng, index, n_way, intra, max_ways)
+    picks = np.stack(
+        [rng.choice(index.members[c], n_shot + n_query, replace=False) for c in classes]
+    )
+    return picks[:, :n_shot], picks[:, n_shot:], classes
+
+
+def sample_episode(
+    episode: int,
+    fine: np.ndarray,
+    coarse: np.ndarray | None = None,
+    *,
+    n_way: int | str = 5,
+    n_shot: int = 1,
+    n_query: int = 15,
+    intra: bool = False,
+    max_ways: int | None = 5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw episode ``episode`` (seeded with ``np.random.RandomState(episode)``).
+
+    Only fine classes with at least ``n_shot + n_query`` images are used.
+    With ``intra=True`` the ways are ``min(max_ways, k)`` fine classes of one
+    random coarse class with ``k >= 2`` usable fine classes (``max_ways=None``
+    means all ``k``, as in SCGM; ANCOR uses 5) and ``n_way`` is ignored.
+
+    Returns ``(support_idx (W, n_shot), query_idx (W, n_query), classes (W,))``:
+    indices into ``fine``; row ``j`` belongs to fine class ``classes[j]``.
+    """
+    _check_sizes(n_way, n_shot, n_query, intra, max_ways)
+    if intra and coarse is None:
+        raise ValueError("intra episodes need coarse labels")
+    index = _class_index(fine, coarse, n_shot + n_query)
+    return _draw(episode, index, n_way, n_shot, n_query, intra, max_ways)
+
+
+# --------------------------------------------------------------------------
+# Batched multinomial logistic regression (scikit-learn's objective)
+# --------------------------------------------------------------------------
+
+
+def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-episode inner product of two (E, ...) tensors."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
+
+
+class _Problem:
+    """Objective, gradient and Hessian-vector product for E episodes.
+
+    With features ``F (E, S, R+1)`` (a trailing column of ones for the
+    intercept) and parameters ``theta (E, R+1, K)`` (last row = intercept),
+    the objective is ``0.5 ||theta[:R]||^2 + C * sum CE(F theta, Y)``.
+
+    Boehning's bound ``diag(p) - p p^T <= (I - 11^T/K) / 2`` makes
+    ``M = pen + C F^T F / 2`` (pen = identity without the intercept) an
+    upper bound of the Hessian on class-centred parameters.  We solve in the
+    coordinates ``phi = L^T theta`` with ``M = L L^T``: there the Hessian has
+    eigenvalues in (0, 1], so plain CG converges in a few steps (it is
+    preconditioned CG with M), and since ``L^-1 pen L^-T = I - C F'^T F' / 2``
+    with ``F' = F L^-T`` the penalty costs no extra matrix product.  Iterates
+    stay centred over classes (rows sum to 0) because the gradient and the
+    Hessian preserve centring; this removes the intercepts' free common shift.
+    """
+
+    def __init__(self, F: torch.Tensor, Y: torch.Tensor, C: float):
+        pen = torch.ones(F.shape[2], dtype=F.dtype, device=F.device)
+        pen[-1] = 0
+        self.L = torch.linalg.cholesky(torch.diag(pen) + 0.5 * C * F.transpose(1, 2) @ F)
+        self.Ft = torch.linalg.solve_triangular(self.L, F.transpose(1, 2), upper=False)
+        self.F = self.Ft.transpose(1, 2).contiguous()
+        self.Y, self.C = Y, C
+
+    def evaluate(self, phi: torch.Tensor):
+        """Objective per episode, softmax probabilities and logits (E, S, K)."""
+        logits = self.F @ phi
+        top = logits.amax(2, keepdim=True)
+        e = (logits - top).exp()  # by hand: torch.softmax is slow for small K
+        total = e.sum(2, keepdim=True)
+        ce = (total.log() + top).squeeze(2) - (logits * self.Y).sum(2)
+        penalty = 0.5 * _bdot(phi, phi) - 0.25 * self.C * _bdot(logits, logits)
+        return penalty + self.C * ce.sum(1), e / total, logits
+
+    def gradient(self, phi, P, logits) -> torch.Tensor:
+        return torch.baddbmm(phi, self.Ft, P - self.Y - 0.5 * logits, alpha=self.C)
+
+    def hessp(self, P: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        u = self.F @ v
+        # Softmax Jacobian per sample, diag(p) - p p^T, minus the bound's 1/2.
+        hu = torch.addcmul(-0.5 * u, P, u - (P * u).sum(2, keepdim=True))
+        return torch.baddbmm(v, self.Ft, hu, alpha=self.C)
+
+    def theta(self, phi: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.L.transpose(1, 2), phi, upper=True)
+
+
+def _cg(prob: _Problem, P, g, rtol, max_iter: int) -> torch.Tensor:
+    """CG for ``H d = -g``, per episode until ||residual|| <= rtol."""
+    d = torch.zeros_like(g)
+    r = -g
+    p = r
+    rr = _bdot(r, r)
+    for _ in range(max_iter):
+        active = rr.sqrt() > rtol
+        if not active.any():
+            break
+        Hp = prob.hessp(P, p)
+        # Finished episodes keep alpha = beta = 0, so their d is frozen.
+        alpha = torch.where(active, rr / _bdot(p, Hp), 0.0)[:, None, None]
+        d = torch.addcmul(d, alpha, p)
+        r = torch.addcmul(r, alpha, Hp, value=-1)
+        rr_new = _bdot(r, r)
+        beta = torch.where(active, rr_new / rr, 0.0)[:, None, None]
+        p = torch.addcmul(r, beta, p)
+        rr = rr_new
+    return d
+
+
+def _newton(prob: _Problem, phi, tol: float, max_iter: int):
+    """Damped Newton-CG until every episode's max |gradient| <= tol.
+
+    Returns the solution and its softmax probabilities.
+    """
+    f, P, logits = prob.evaluate(phi)
+    for _ in range(max_iter):
+        g = prob.gradient(phi, P, logits)
+        gmax = g.flatten(1).abs().amax(1)
+        if (gmax <= tol).all():
+            break
+        gnorm = _bdot(g, g).sqrt()
+        # Forcing term min(0.5, sqrt|g|) |g| gives superlinear convergence;
+        # solving below tol/10 would only chase rounding noise.
+        rtol = (gnorm * gnorm.sqrt().clamp(max=0.5)).clamp_min(0.1 * tol)
+        d = _cg(prob, P, g, rtol, max_iter=200)
+        d = d * (gmax > tol)[:, None, None]
+        # Backtracking (Armijo) line search per episode; the slack absorbs
+        # rounding once the decrease is below float64 resolution.
+        slope = _bdot(g, d)
+        slack = 1e-13 * f.abs()
+        step = torch.ones_like(f)
+        for _ in range(30):
+            new = prob.evaluate(phi + step[:, None, None] * d)
+            ok = new[0] <= f + 1e-4 * step * slope + slack
+            if ok.all():
+                break
+            step = torch.where(ok, step, 0.5 * step)
+        phi = phi + step[:, None, None] * d
+        f, P, logits = new if ok.all() else prob.evaluate(phi)
+    return phi, P
+
+
+def _gram_factor(X: torch.Tensor) -> torch.Tensor:
+    """F (E, S, min(S, D)) with F F^T = X X^T.
+
+    The objective depends on X only through X X^T (the optimal W = X^T A lies
+    in the row space of X), so when S < D we solve with F = chol(X X^T): same
+    optimum, S instead of D columns.
+    """
+    E, S, D = X.shape
+    if S >= D:
+        return X
+    G = X @ X.transpose(1, 2)
+    L, info = torch.linalg.cholesky_ex(G)
+    bad = info > 0
+    if bad.any():  # rank-deficient Gram (e.g. duplicate views): use eigh
+        lam, U = torch.linalg.eigh(G[bad])
+        L[bad] = U * lam.clamp_min(0).sqrt()[:, None, :]
+    return L
+
+
+def _fit_chunk(support, labels, n_classes, C, tol, max_iter, device):
+    """Solve one chunk of episodes; return W (E, D, K) and centred b (E, K)."""
+    X = torch.as_tensor(support, device=device).to(torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long, device=device)
+    F = _gram_factor(X)
+    F = torch.cat([F, torch.ones_like(F[:, :, :1])], 2)
+    Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
+    prob = _Problem(F, Y, C)
+    phi, P = _newton(prob, X.new_zeros(X.shape[0], F.shape[2], n_classes), tol, max_iter)
+    # Stationarity of the weights, W + C X^T (P - Y) = 0, maps the solution
+    # back to feature space whatever factor F was used.
+    W = C * X.transpose(1, 2) @ (Y - P)
+    b = prob.theta(phi)[:, -1]
+    return W, b - b.mean(1, keepdim=True)
+
+
+def _chunk_size(S: int, D: int, Q: int = 0) -> int:
+    """Episodes per solver chunk (see _MEMORY_ELEMENTS and _CACHE_ELEMENTS)."""
+    return max(1, min(_MEMORY_ELEMENTS // ((S + Q) * D), _CACHE_ELEMENTS // (S * (min(S, D) + 1))))
+
+
+def _slices(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def fit_logreg(
+    support: np.ndarray,
+    support_labels: np.ndarray,
+    *,
+    C: float = 1.0,
+    n_classes: int | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    chunk_size: int | None = None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit E multinomial logistic regressions at once (scikit-learn objective).
+
+    ``support (E, S, D)``, ``support_labels (E, S)`` in ``[0, n_classes)``.
+    Returns ``coef (E, K, D)`` and ``intercept (E, K)`` laid out like
+    scikit-learn's ``coef_``/``intercept_``; intercepts are centred (sum 0),
+    which fixes their free common shift.
+    """
+    support = np.asarray(support)
+    K = n_classes or int(np.max(support_labels)) + 1
+    E, S, D = support.shape
+    coefs, intercepts = [], []
+    for sl in _slices(E, chunk_size or _chunk_size(S, D)):
+        W, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
+        coefs.append(W.transpose(1, 2).cpu().numpy())
+        intercepts.append(b.cpu().numpy())
+    return np.concatenate(coefs), np.concatenate(intercepts)
+
+
+def logreg_objective(X, y, coef, intercept, C: float = 1.0) -> float:
+    """scikit-learn's objective 0.5||W||^2 + C * sum CE for one episode."""
+    logits = X @ coef.T + intercept
+    ce = scipy.special.logsumexp(logits, axis=1) - logits[np.arange(len(y)), y]
+    return 0.5 * float(np.sum(coef**2)) + C * float(ce.sum())
+
+
+def fit_predict_logreg(
+    support: np.ndarray,
+    support_labels: np.ndarray,
+    query: np.ndarray,
+    *,
+    C: float = 1.0,
+    n_classes: int | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    chunk_size: int | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Batched logistic-regression classifier: predicted labels ``(E, Q)``.
+
+    ``support (E, S, D)``, ``support_labels (E, S)`` in ``[0, n_classes)``,
+    ``query (E, Q, D)``.  All episodes are solved together (in chunks that
+    bound memory) by Newton-CG in float64 to max |gradient| <= ``tol`` on
+    scikit-learn's (sum-form) objective, so predictions match
+    ``LogisticRegression(C=C, solver="lbfgs", max_iter=1000)``.  Query logits
+    are computed in the query's dtype.
+    """
+    support, query = np.asarray(support), np.asarray(query)
+    K = n_classes or int(np.max(support_labels)) + 1
+    E, S, D = support.shape
+    out = []
+    for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
+        W, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
+        Xq = torch.as_tensor(query[sl], device=device)
+        logits = Xq @ W.to(Xq.dtype) + b.to(Xq.dtype)[:, None, :]
+        out.append(logits.argmax(2).cpu().numpy())
+    return np.concatenate(out)
+
+
+def predict_cosine_nn(
+    support: np.ndarray,
+    support_labels: np.ndarray,
+    query: np.ndarray,
+    *,
+    chunk_size: int | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """1-nearest-neighbour by cosine similarity to the support vectors: (E, Q)."""
+    support, query = np.asarray(support), np.asarray(query)
+    E, S, D = support.shape
+    out = []
+    for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
+        Xs = torch.nn.functional.normalize(torch.as_tensor(support[sl], device=device), dim=2)
+        Xq = torch.nn.functional.normalize(torch.as_tensor(query[sl], device=device), dim=2)
+        nearest = (Xq @ Xs.transpose(1, 2)).argmax(2).cpu().numpy()
+        out.append(np.take_along_axis(np.asarray(support_labels[sl]), nearest, axis=1))
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------
+# Protocol
+# --------------------------------------------------------------------------
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and 95% t-interval half-width t(0.975, n-1) * std(ddof=1) / sqrt(n)."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return float(v.mean()), float("nan")
+    h = scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean()), float(h)
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _episode_arrays(features, aug_features, draws, n_aug):
+    """Stack a group of same-shaped episodes into classifier inputs."""
+    sup = np.stack([s for s, _, _ in draws])  # (E, W, n_shot)
+    qry = np.stack([q for _, q, _ in draws])  # (E, W, n_query)
+    E, W, n_shot = sup.shape
+    Xs = aug_features[sup.reshape(-1)][:, :n_aug].reshape(E, W * n_shot * n_aug, -1)
+    ys = np.repeat(np.arange(W), n_shot * n_aug)[None].repeat(E, 0)
+    Xq = features[qry.reshape(-1)].reshape(E, W * qry.shape[2], -1)
+    yq = np.repeat(np.arange(W), qry.shape[2])[None].repeat(E, 0)
+    return _l2n(Xs), ys, _l2n(Xq), yq
+
+
+def fewshot_accuracy(
+    features: np.ndarray,
+    aug_features: np.ndarray,
+    fine: np.ndarray,
+    coarse: np.ndarray | None = None,
+    *,
+    n_way: int | str = 5,
+    n_shot: int = 1,
+    n_query: int = 15,
+    n_aug: int = 5,
+    episodes: int = 1000,
+    intra: bool = False,
+    max_ways: int | None = 5,
+    classifier: str = "logreg",
+    device: str = "cpu",
+) -> dict:
+    """Few-shot accuracy of an embedding under the SCGM / ANCOR protocol.
+
+    ``features (N, D)`` are the plain features (used for queries),
+    ``aug_features (N, K, D)`` the augmented views (the first ``n_aug`` of
+    each support image are the training vectors).  ``classifier`` is
+    ``"logreg"`` (scikit-learn-equivalent multinomial logistic regression,
+    C=1) or ``"cosine_nn"``.  See the module docstring for the episodes.
+
+    Returns ``{"accuracy", "ci95", "n", "per_episode"}`` (fractions in [0, 1]).
+    """
+    _check_sizes(n_way, n_shot, n_query, intra, max_ways)
+    if intra and coarse is None:
+        raise ValueError("intra episodes need coarse labels")
+    if not 1 <= n_aug <= aug_features.shape[1]:
+        raise ValueError(f"n_aug must be in [1, {aug_features.shape[1]}], got {n_aug}")
+    if classifier not in ("logreg", "cosine_nn"):
+        raise ValueError(f'classifier must be "logreg" or "cosine_nn", got {classifier!r}')
+    index = _class_index(fine, coarse, n_shot + n_query)
+    draws = [_draw(i, index, n_way, n_shot, n_query, intra, max_ways) for i in range(episodes)]
+
+    acc = np.empty(episodes)
+    # Intra episodes may differ in their number of ways: batch by shape, and
+    # gather features per chunk so all-way episodes with large D fit memory.
+    ways = np.array([len(c) for _, _, c in draws])
+    D = features.shape[1]
+    for w in np.unique(ways):
+        ids = np.flatnonzero(ways == w)
+        per_episode = w * (n_shot * n_aug + n_query) * D
+        for sl in _slices(len(ids), max(1, _MEMORY_ELEMENTS // per_episode)):
+            Xs, ys, Xq, yq = _episode_arrays(features, aug_features, [draws[i] for i in ids[sl]], n_aug)
+            if classifier == "logreg":
+                pred = fit_predict_logreg(Xs, ys, Xq, n_classes=int(w), device=device)
+            else:
+                pred = predict_cosine_nn(Xs, ys, Xq, device=device)
+            acc[ids[sl]] = (pred == yq).mean(1)
+    mean, h = mean_ci95(acc)
+    return {"accuracy": mean, "ci95": h, "n": episodes, "per_episode": acc}

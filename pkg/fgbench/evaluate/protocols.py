@@ -1,0 +1,33 @@
+"""The evaluation protocols by name, with their defaults (torch-free, read at DAG time).
+
+A protocol is a kind (``fewshot`` or ``retrieval``) plus parameters; ``config.yaml`` picks
+protocols by name and may override parameters. Definitions: DESIGN.md, "Protocols".
+"""
+
+FEWSHOT_DEFAULTS = {
+    "n_shot": 1,
+    "n_query": 15,
+    "n_aug": 5,
+    "episodes": 1000,
+    "classifier": "logreg",
+    "intra": False,
+    "max_ways": None,
+}
+
+PROTOCOLS = {
+    "fewshot_5way": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": 5},
+    "fewshot_all": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": "all"},
+    # ANCOR's intra-class protocol: one coarse class, at most 5 of its fine classes.
+    "fewshot_intra": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": "all", "intra": True, "max_ways": 5},
+    # SCGM's intra-class protocol: one coarse class, all of its fine classes.
+    "fewshot_intra_all": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": "all", "intra": True},
+    "retrieval": {
+        "kind": "retrieval",
+        "recall_k": [1, 2, 4, 8],
+        "metric": "cosine",
+        "nmi": True,
+        "f1": False,
+    },
+}
+
+CLASSIFIERS = ("logreg", "cosine_nn")

@@ -1,0 +1,6 @@
+"""Methods by name. Every family module is imported here, which registers its methods."""
+
+from . import metric_learning, supervised  # noqa: F401  (registration)
+from .base import Method, build_method, get_method_class, list_methods, register_method
+
+__all__ = ["Method", "build_method", "get_method_class", "list_methods", "register_method"]

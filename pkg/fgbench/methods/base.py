@@ -1,0 +1,79 @@
+"""The Method interface and its registry (shaped like torchvision's ``_api.py``).
+
+A method is an ``nn.Module`` registered by name. It declares the labels it trains on
+(``coarse``; ``supervised``: whichever label the setting provides; ``none``), builds its heads on
+a backbone, and implements ``training_step`` (and optionally ``on_epoch_start``) and
+``embed(images, layer)``. The training loop owns devices, precision, logging and checkpoints.
+"""
+
+from torch import nn
+
+from ..errors import ConfigError
+
+_REGISTRY = {}
+
+
+class Method(nn.Module):
+    name = None
+    labels = "supervised"
+    layers = ("backbone", "head")
+    default_layer = "head"
+    meta = {}  # the method's card: paper, code, deviations
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def training_step(self, batch: dict):
+        """Return ``(loss, logs)``: a scalar tensor and a dict of floats for the training log.
+
+        ``batch`` holds ``images``, ``labels`` (the setting's training label), ``index``.
+        """
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for per-epoch work (SCGM's E-step, LSD's teacher snapshot)."""
+
+    def embed(self, images, layer: str):
+        raise NotImplementedError
+
+    def check_layer(self, layer):
+        layer = layer or self.default_layer
+        if layer not in self.layers:
+            raise ConfigError(f"method '{self.name}' has no layer '{layer}'; valid layers: {', '.join(self.layers)}")
+        return layer
+
+
+def register_method(name: str):
+    """Class decorator: make a method buildable by ``name``. Names are unique."""
+
+    def register(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"method '{name}' is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def list_methods():
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str):
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method '{name}'; valid methods: {', '.join(list_methods())}")
+    return _REGISTRY[name]
+
+
+def build_method(name: str, backbone: nn.Module, *, num_classes: int, params: dict) -> Method:
+    """Build method ``name``; params set to None keep the constructor's (paper) default."""
+    cls = get_method_class(name)
+    kwargs = {k: v for k, v in (params or {}).items() if v is not None}
+    if cls.labels != "none":
+        kwargs["num_classes"] = num_classes
+    try:
+        return cls(backbone, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad parameter for method '{name}' (config key 'methods.{name}.params'): {e}") from e

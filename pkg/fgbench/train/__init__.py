@@ -1,0 +1,5 @@
+"""Training: the loop, checkpoints and resume."""
+
+from .loop import build_model, load_model, train
+
+__all__ = ["build_model", "load_model", "train"]

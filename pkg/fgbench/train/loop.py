@@ -1,0 +1,222 @@
+"""The training loop: seeded, CUDA when present, checkpoint every epoch, resume, best epoch on
+the validation split (never the test split).
+
+Reproducibility: every epoch starts by seeding torch, numpy and the batch sampler from
+(seed, epoch), so an epoch's batches and augmentations do not depend on what ran before it;
+together with the optimizer state in the checkpoint, a run killed after epoch k and restarted
+ends with exactly the weights of an uninterrupted run (on CPU).
+"""
+
+import csv
+import io
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import spec_hash
+from ..data import load_prepared
+from ..data.samplers import ClassRandomBatchSampler
+from ..data.transforms import ImageDataset, build_augment, collate, to_tensor
+from ..errors import TrainingError
+from ..evaluate.retrieval import retrieval_metrics
+from ..io import atomic_path, atomic_write_text
+from ..methods import build_method, get_method_class
+from ..models import get_backbone
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is available; set it to auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def training_labels(spec: dict, split):
+    """The labels the method trains on, remapped to 0..n-1 over the training classes."""
+    raw = split.coarse if spec["setting_def"]["train_label"] == "coarse" else split.fine
+    classes, labels = np.unique(raw, return_inverse=True)
+    return classes, torch.from_numpy(labels)
+
+
+def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int):
+    backbone_cfg = dict(spec["backbone"])
+    name = backbone_cfg.pop("name")
+    if name == "small_cnn":
+        backbone_cfg.update(in_channels=in_channels, image_size=image_size)
+    else:
+        backbone_cfg.update(in_channels=in_channels)
+    backbone = get_backbone(name, **backbone_cfg)
+    method = build_method(spec["method"], backbone, num_classes=num_classes, params=spec["params"])
+    method.check_layer(spec["embed_layer"])
+    return method
+
+
+def load_model(path, device="cpu"):
+    """Rebuild a trained method from ``model.pt``; weights load strictly."""
+    saved = torch.load(path, map_location=device, weights_only=False)
+    method = build_model(saved["spec"], saved["num_classes"], *saved["image_shape"])
+    method.load_state_dict(saved["state_dict"], strict=True)
+    return method.to(device).eval(), saved["spec"]
+
+
+@torch.no_grad()
+def embed_tensor(method, images: torch.Tensor, layer, device, batch_size=1024) -> np.ndarray:
+    method.eval()
+    out = [method.embed(images[i : i + batch_size].to(device), layer).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def _loader(spec, dataset, labels, generator):
+    t = spec["train"]
+    if t["sampler"] == "class_random":
+        batches = ClassRandomBatchSampler(labels, batch_size=t["batch_size"], samples_per_class=t["samples_per_class"], generator=generator)
+    else:
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), t["batch_size"], drop_last=True)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t["num_workers"])
+
+
+def _optimizer(spec, method):
+    t = spec["train"]
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(method.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    return torch.optim.Adam(method.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def _write_log(rows, path):
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _save(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class _Run:
+    """State of one training run: what a checkpoint holds."""
+
+    def __init__(self, method, optimizer, scaler):
+        self.method, self.optimizer, self.scaler = method, optimizer, scaler
+        self.epoch = 0  # epochs completed
+        self.best = {"epoch": None, "score": -float("inf"), "state": None}
+        self.log = []
+
+    def state(self, digest):
+        return {
+            "spec_hash": digest, "epoch": self.epoch, "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "best": self.best, "log": self.log,
+        }
+
+    def restore(self, ckpt):
+        self.method.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.best, self.log = ckpt["epoch"], ckpt["best"], ckpt["log"]
+
+
+def _train_epoch(run, loader, device, use_amp, epoch):
+    run.method.train()
+    totals, steps = {}, 0
+    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", mininterval=10, leave=False)):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            loss, logs = run.method.training_step(batch)
+        if not torch.isfinite(loss):
+            kept = (f"the checkpoint of the last completed epoch ({run.epoch - 1}) is kept; lower the learning "
+                    "rate and rerun to resume from it") if run.epoch else "no epoch completed, so no checkpoint exists"
+            raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; {kept}")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        for k, v in {"loss": loss.item(), **logs}.items():
+            totals[k] = totals.get(k, 0.0) + v
+        steps += 1
+    return {k: v / max(steps, 1) for k, v in totals.items()}
+
+
+def _validation_score(method, spec, val, device):
+    """Recall@1 of the evaluated layer on the validation split, with the training labels
+    (never fine labels in coarse-to-fine, never the test split). None for label-free methods,
+    which then keep their last epoch."""
+    if get_method_class(spec["method"]).labels == "none":
+        return None
+    _, labels = training_labels(spec, val)
+    feats = embed_tensor(method, to_tensor(val.images), spec["embed_layer"], device)
+    return retrieval_metrics(feats, labels.numpy(), recall_k=(1,), nmi=False)["recall@1"]
+
+
+def train(spec: dict, data_path, out_dir) -> None:
+    """Train ``spec`` (see config.train_spec) on the prepared data; write model.pt,
+    train_log.csv and config.yaml into ``out_dir``, resuming from its checkpoint if any."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(spec["train"]["device"])
+    use_amp = spec["train"]["amp"] and device.type == "cuda"
+    data = load_prepared(data_path)
+    setting = spec["setting_def"]
+    train_split = data.splits["train"].with_classes(setting["train_classes"])
+    val_split = data.splits["val"].with_classes(setting["train_classes"])
+    classes, labels = training_labels(spec, train_split)
+    images = to_tensor(train_split.images)
+    image_shape = (images.shape[1], images.shape[2])
+    dataset = ImageDataset(images, labels, build_augment(spec["train"]["augment"], images.shape[-1]))
+
+    seed_everything(spec["seed"])
+    method = build_model(spec, len(classes), *image_shape).to(device)
+    run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=use_amp))
+    digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["spec_hash"] == digest:
+            run.restore(ckpt)
+            print(f"resuming from {ckpt_path} after epoch {run.epoch}", flush=True)
+        else:
+            print(f"ignoring {ckpt_path}: it was written for another config", flush=True)
+
+    for epoch in range(run.epoch, spec["train"]["epochs"]):
+        started = time.time()
+        seed_everything(epoch_seed(spec["seed"], epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(spec["seed"], epoch))
+        run.method.on_epoch_start(epoch)
+        stats = _train_epoch(run, _loader(spec, dataset, labels, generator), device, use_amp, epoch)
+        score = _validation_score(run.method, spec, val_split, device)
+        if score is None or score > run.best["score"]:
+            run.best = {"epoch": epoch, "score": score if score is not None else -float("inf"),
+                        "state": {k: v.detach().cpu().clone() for k, v in run.method.state_dict().items()}}
+        run.epoch = epoch + 1
+        run.log.append({"epoch": epoch, **stats, "val_recall@1": score, "seconds": round(time.time() - started, 2)})
+        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in run.log[-1].items() if isinstance(v, float)), flush=True)
+        _save(run.state(digest), ckpt_path)
+
+    _save({"spec": spec, "state_dict": run.best["state"], "best_epoch": run.best["epoch"],
+           "num_classes": len(classes), "image_shape": image_shape, "fgbench_version": __version__},
+          out_dir / "model.pt")
+    _write_log(run.log, out_dir / "train_log.csv")
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({**spec, "best_epoch": run.best["epoch"]}, sort_keys=False))
+    ckpt_path.unlink()  # the run is complete; model.pt holds the selected weights

@@ -1,0 +1,60 @@
+"""Shared fixtures: Fashion-MNIST-format IDX files written by the tests, and the real data."""
+
+import gzip
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+# The rules call `fgbench`: make the venv's scripts reachable from subprocesses.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of uint8 data: magic 0x0000 08 <ndim>, big-endian dims, then the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    data = idx_bytes(array)
+    path = path.with_name(path.name + ".gz") if gz else path
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def synthetic_fashion(n_per_class: int, seed: int):
+    """Images whose class is visible (a class-specific bright bar plus noise), labels 0-9."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28))
+    for i, c in enumerate(labels):
+        images[i, 2 * c + 4 : 2 * c + 7, 3:25] += 180
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_fashion(folder: Path, n_train: int = 30, n_test: int = 20, gz: bool = True) -> Path:
+    """The four Fashion-MNIST IDX files with ``n_train`` / ``n_test`` images per class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_fashion(n, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
+    return folder
+
+
+@pytest.fixture
+def fashion_dir(tmp_path):
+    return write_fashion(tmp_path / "fashion")
+
+
+@pytest.fixture
+def real_fashion():
+    if not all((FASHION_DEBIAN / f).exists() for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")):
+        pytest.skip("Fashion-MNIST not on disk: `make setup` installs Debian's dataset-fashion-mnist")
+    return FASHION_DEBIAN

@@ -1,0 +1,67 @@
+"""Config validation: defaults filled in, and one clear message per bad value."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from fgbench import config as fgconfig
+from fgbench.errors import ConfigError
+
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def check(**changes):
+    cfg = copy.deepcopy(DEFAULT)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = cfg
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return fgconfig.validate(cfg)
+
+
+def test_default_config_resolves():
+    cfg = check()
+    assert fgconfig.runs(cfg) == [
+        ("fashion_mnist", "coarse_to_fine", "supervised_coarse", 0),
+        ("fashion_mnist", "coarse_to_fine", "triplet", 0),
+        ("fashion_mnist", "open_set", "triplet", 0),
+    ]
+    spec = fgconfig.train_spec(cfg, "fashion_mnist", "open_set", "triplet", 0)
+    # method train overrides win over the global train section, which wins over the defaults
+    assert spec["train"]["sampler"] == "class_random" and spec["train"]["epochs"] == DEFAULT["train"]["epochs"]
+    assert spec["train"]["optimizer"] == fgconfig.TRAIN_DEFAULTS["optimizer"]
+    assert spec["setting_def"]["train_classes"] == [0, 1, 2, 3, 4]
+    assert cfg["protocols"]["fewshot_intra"]["max_ways"] == 5 and cfg["protocols"]["fewshot_5way"]["n_query"] == 15
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}},
+         "unknown method 'tripplet'; valid methods: supervised_coarse, triplet"),
+        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: fashion_mnist"),
+        ({"benchmark": {"fashion_mnist": {"openset": ["triplet"]}}}, "unknown setting 'openset'"),
+        ({"protocols": {"fewshot_10way": {}}}, "unknown protocol 'fewshot_10way' in 'protocols'; valid protocols: fewshot_5way"),
+        ({"train__epochs": 0}, "'train.epochs' must be a positive integer, got 0"),
+        ({"train__epochs": -3}, "'train.epochs' must be a positive integer, got -3"),
+        ({"methods__triplet__train": {"batch_size": 0}}, "'methods.triplet.train.batch_size' must be a positive integer"),
+        ({"protocols__fewshot_5way__n_way": 1}, "'protocols.fewshot_5way.n_way' must be at least 2"),
+        ({"protocols__fewshot_5way__n_way": 0}, "'protocols.fewshot_5way.n_way' must be a positive integer"),
+        ({"protocols__fewshot_all__n_shot": 0}, "'protocols.fewshot_all.n_shot' must be a positive integer, got 0"),
+        ({"protocols__fewshot_all__n_aug": 9}, "exceeds embed.views = 5"),
+        ({"train__optimizer": "adamw"}, "'train.optimizer' is 'adamw'; valid values: adam, sgd"),
+        ({"train__lrate": 0.1}, "unknown key(s) ['lrate'] in 'train'"),
+        ({"benchmark": {"fashion_mnist": {"open_set": ["supervised_coarse"]}}}, "trains on coarse labels"),
+        ({"methods__tripet": {}}, "unknown method 'tripet'"),
+        ({"seeds": [-1]}, "'seeds' must list non-negative integers"),
+    ],
+)
+def test_bad_values_name_the_key(changes, message):
+    with pytest.raises(ConfigError) as err:
+        check(**changes)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,88 @@
+"""The training loop: resume after SIGKILL, NaN losses, model selection on validation."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, write_fashion
+from fgbench import config as fgconfig
+from fgbench.data import prepare
+from fgbench.errors import TrainingError
+from fgbench.methods.metric_learning import Triplet
+from fgbench.train import train
+
+
+def run_spec(epochs=3, **train):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["train"].update(epochs=epochs, device="cpu", **train)
+    return fgconfig.train_spec(fgconfig.validate(cfg), "fashion_mnist", "open_set", "triplet", 0)
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = write_fashion(tmp_path / "fashion", n_train=120, n_test=10)
+    out = tmp_path / "data.npz"
+    prepare("fashion_mnist", {"root": str(folder), "val_fraction": 0.2, "split_seed": 0}, out)
+    return out
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
+    spec = json.dumps(run_spec(epochs=5))
+    command = [sys.executable, "-m", "fgbench.cli", "train", "--spec", spec, "--data", str(data)]
+    subprocess.run([*command, "--out-dir", str(tmp_path / "full")], check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*command, "--out-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "the run finished before it could be killed"
+    killed_after = torch.load(out / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 1 <= killed_after < 5
+
+    resumed = subprocess.run([*command, "--out-dir", str(out)], check=True, capture_output=True, text=True)
+    assert f"resuming from {out / 'checkpoint.pt'} after epoch {killed_after}" in resumed.stdout
+    full, again = weights(tmp_path / "full" / "model.pt"), weights(out / "model.pt")
+    assert full.keys() == again.keys()
+    for key in full:
+        assert torch.equal(full[key], again[key]), key
+    assert not (out / "checkpoint.pt").exists()
+    log = pd.read_csv(out / "train_log.csv")
+    assert log["epoch"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_best_epoch_is_chosen_on_validation(data, tmp_path):
+    train(run_spec(epochs=3), data, tmp_path)
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["best_epoch"] == int(log["val_recall@1"].idxmax())
+    assert torch.load(tmp_path / "model.pt", weights_only=False)["best_epoch"] == saved["best_epoch"]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data, tmp_path, monkeypatch):
+    original = Triplet.training_step
+    calls = {"n": 0}
+
+    def nan_in_second_epoch(self, batch):
+        calls["n"] += 1
+        loss, logs = original(self, batch)
+        return (loss * float("nan"), logs) if calls["n"] > steps_per_epoch else (loss, logs)
+
+    steps_per_epoch = 480 // 112  # open_set: 5 classes x 96 training images, batches of 112
+    monkeypatch.setattr(Triplet, "training_step", nan_in_second_epoch)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 0; the checkpoint of the last completed epoch \(0\) is kept"):
+        train(run_spec(epochs=3), data, tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert not (tmp_path / "model.pt").exists()

@@ -1,0 +1,108 @@
+"""Snakemake end to end: dry-run job counts, a tiny real run, a single target, bad config."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
+
+
+def snakemake(workdir, *args, check=True):
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict:
+    """Parse Snakemake's 'Job stats' table."""
+    lines = output[output.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def tiny_config(fashion_root, **changes):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["datasets"]["fashion_mnist"].update(
+        root=str(fashion_root), max_images_per_class={"train": 60, "val": 20, "test": 30})
+    cfg["train"]["epochs"] = 1
+    for proto in ("fewshot_5way", "fewshot_all", "fewshot_intra"):
+        cfg["protocols"][proto]["episodes"] = 20
+    cfg.update(changes)
+    return cfg
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return workdir
+
+
+def test_dry_run_job_counts_for_default_config(tmp_path):
+    write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    # 1 dataset; 3 runs (2 coarse-to-fine, 1 open-set) x 4 protocols; 4 plots.
+    assert counts == {"aggregate": 1, "all": 1, "embed": 3, "evaluate": 12, "plot": 4, "prepare": 1, "train": 3, "total": 25}
+    seeds = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0, 1, 2]}
+    write_config(tmp_path, seeds)
+    assert job_counts(snakemake(tmp_path, "-n").stdout)["train"] == 9
+
+
+@pytest.mark.workflow
+def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
+    write_config(tmp_path, tiny_config(real_fashion))
+    snakemake(tmp_path)
+    summary = pd.read_csv(tmp_path / "results/tables/summary.csv")
+    assert set(summary["method"]) == {"supervised_coarse", "triplet"}
+    assert set(summary["protocol"]) == {"fewshot_5way", "fewshot_all", "fewshot_intra", "retrieval"}
+    assert set(summary["setting"]) == {"coarse_to_fine", "open_set"}
+    assert summary["value" if "value" in summary else "mean"].between(0, 1).all()
+    # 30 test images per class: chance is 20% for 5-way; a trained embedding does better.
+    five_way = summary.query("protocol == 'fewshot_5way' and method == 'triplet' and setting == 'open_set'")
+    assert five_way["mean"].item() > 0.3
+    assert (tmp_path / "results/tables/summary.md").read_text().count("|") > 10
+    for proto in ("fewshot_5way", "fewshot_all", "fewshot_intra", "retrieval"):
+        assert (tmp_path / f"results/plots/{proto}.png").stat().st_size > 5000
+    report = snakemake(tmp_path, "--report", "results/report.html")
+    assert (tmp_path / "results/report.html").stat().st_size > 10000, report.stderr[-2000:]
+    # Nothing left to do: the run is complete.
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+
+
+@pytest.mark.workflow
+def test_single_target_builds_only_what_it_needs(real_fashion, tmp_path):
+    write_config(tmp_path, tiny_config(real_fashion))
+    target = "results/metrics/fashion_mnist/open_set/triplet/seed0/retrieval.json"
+    dry = job_counts(snakemake(tmp_path, "-n", target).stdout)
+    assert dry == {"embed": 1, "evaluate": 1, "prepare": 1, "train": 1, "total": 4}
+    snakemake(tmp_path, target)
+    assert (tmp_path / target).exists()
+    assert not (tmp_path / "results/models/fashion_mnist/coarse_to_fine").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}}, "unknown method 'tripplet'; valid methods: supervised_coarse, triplet"),
+        ({"protocols": {"fewshot_3way": {}}}, "unknown protocol 'fewshot_3way'"),
+        ({"benchmark": {"mnist_fashion": {"open_set": ["triplet"]}}}, "unknown dataset 'mnist_fashion'"),
+        ({"train": {"epochs": 0}}, "config key 'train.epochs' must be a positive integer, got 0"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, changes, message):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text()) | changes
+    proc = snakemake(write_config(tmp_path, cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert f"fgbench: config error: {message}" in proc.stderr
+    assert not (tmp_path / "results").exists()
