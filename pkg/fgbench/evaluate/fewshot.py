@@ -160,19 +160,21 @@ def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _Problem:
     """Objective, gradient and Hessian-vector product for E episodes.
 
-    With features ``F (E, S, R+1)`` (a trailing column of ones for the
-    intercept) and parameters ``theta (E, R+1, K)`` (last row = intercept),
-    the objective is ``0.5 ||theta[:R]||^2 + C * sum CE(F theta, Y)``.
+    Layout is class-major (it makes the small batched matmuls about twice as
+    fast on CPU): labels and probabilities are ``(E, K, S)``, parameters
+    ``theta (E, K, R+1)`` with the intercept last, features ``F (E, S, R+1)``
+    with a trailing column of ones.  The objective is
+    ``0.5 ||theta[..., :R]||^2 + C * sum CE(theta F^T, Y)``.
 
     Boehning's bound ``diag(p) - p p^T <= (I - 11^T/K) / 2`` makes
-    ``M = pen + C F^T F / 2`` (pen = identity without the intercept) an
-    upper bound of the Hessian on class-centred parameters.  We solve in the
-    coordinates ``phi = L^T theta`` with ``M = L L^T``: there the Hessian has
-    eigenvalues in (0, 1], so plain CG converges in a few steps (it is
-    preconditioned CG with M), and since ``L^-1 pen L^-T = I - C F'^T F' / 2``
+    ``M = pen + C F^T F / 2`` (pen = identity without the intercept) an upper
+    bound of the Hessian on class-centred parameters.  We solve in the
+    coordinates ``phi = theta L`` with ``M = L L^T``: there the Hessian has
+    eigenvalues in (0, 1], so plain CG converges in a few steps (it is CG
+    preconditioned with M), and since ``L^-1 pen L^-T = I - C F'^T F' / 2``
     with ``F' = F L^-T`` the penalty costs no extra matrix product.  Iterates
-    stay centred over classes (rows sum to 0) because the gradient and the
-    Hessian preserve centring; this removes the intercepts' free common shift.
+    stay centred over classes because the gradient and Hessian preserve
+    centring; this removes the intercepts' free common shift.
     """
 
     def __init__(self, F: torch.Tensor, Y: torch.Tensor, C: float):
@@ -184,26 +186,27 @@ class _Problem:
         self.Y, self.C = Y, C
 
     def evaluate(self, phi: torch.Tensor):
-        """Objective per episode, softmax probabilities and logits (E, S, K)."""
-        logits = self.F @ phi
-        top = logits.amax(2, keepdim=True)
+        """Objective per episode, softmax probabilities and logits (E, K, S)."""
+        logits = phi @ self.Ft
+        top = logits.amax(1, keepdim=True)
         e = (logits - top).exp()  # by hand: torch.softmax is slow for small K
-        total = e.sum(2, keepdim=True)
-        ce = (total.log() + top).squeeze(2) - (logits * self.Y).sum(2)
+        total = e.sum(1, keepdim=True)
+        ce = (total.log() + top).flatten(1).sum(1) - _bdot(logits, self.Y)
         penalty = 0.5 * _bdot(phi, phi) - 0.25 * self.C * _bdot(logits, logits)
-        return penalty + self.C * ce.sum(1), e / total, logits
+        return penalty + self.C * ce, e / total, logits
 
     def gradient(self, phi, P, logits) -> torch.Tensor:
-        return torch.baddbmm(phi, self.Ft, P - self.Y - 0.5 * logits, alpha=self.C)
+        return torch.baddbmm(phi, P - self.Y - 0.5 * logits, self.F, alpha=self.C)
 
     def hessp(self, P: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        u = self.F @ v
+        u = v @ self.Ft
         # Softmax Jacobian per sample, diag(p) - p p^T, minus the bound's 1/2.
-        hu = torch.addcmul(-0.5 * u, P, u - (P * u).sum(2, keepdim=True))
-        return torch.baddbmm(v, self.Ft, hu, alpha=self.C)
+        hu = torch.addcmul(-0.5 * u, P, u - (P * u).sum(1, keepdim=True))
+        return torch.baddbmm(v, hu, self.F, alpha=self.C)
 
-    def theta(self, phi: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve_triangular(self.L.transpose(1, 2), phi, upper=True)
+    def intercept(self, phi: torch.Tensor) -> torch.Tensor:
+        theta = torch.linalg.solve_triangular(self.L, phi, upper=False, left=False)
+        return theta[:, :, -1]
 
 
 def _cg(prob: _Problem, P, g, rtol, max_iter: int) -> torch.Tensor:
@@ -212,8 +215,9 @@ def _cg(prob: _Problem, P, g, rtol, max_iter: int) -> torch.Tensor:
     r = -g
     p = r
     rr = _bdot(r, r)
+    rtol2 = rtol * rtol
     for _ in range(max_iter):
-        active = rr.sqrt() > rtol
+        active = rr > rtol2
         if not active.any():
             break
         Hp = prob.hessp(P, p)
@@ -262,16 +266,17 @@ def _newton(prob: _Problem, phi, tol: float, max_iter: int):
 
 
 def _gram_factor(X: torch.Tensor) -> torch.Tensor:
-    """F (E, S, min(S, D)) with F F^T = X X^T.
+    """Float64 F (E, S, min(S, D)) with F F^T = X X^T.
 
     The objective depends on X only through X X^T (the optimal W = X^T A lies
     in the row space of X), so when S < D we solve with F = chol(X X^T): same
-    optimum, S instead of D columns.
+    optimum, S instead of D columns.  The Gram matrix is computed in X's
+    precision (scikit-learn also keeps float32 inputs in float32).
     """
     E, S, D = X.shape
     if S >= D:
-        return X
-    G = X @ X.transpose(1, 2)
+        return X.to(torch.float64)
+    G = (X @ X.transpose(1, 2)).to(torch.float64)
     L, info = torch.linalg.cholesky_ex(G)
     bad = info > 0
     if bad.any():  # rank-deficient Gram (e.g. duplicate views): use eigh
@@ -281,19 +286,19 @@ def _gram_factor(X: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_chunk(support, labels, n_classes, C, tol, max_iter, device):
-    """Solve one chunk of episodes; return W (E, D, K) and centred b (E, K)."""
-    X = torch.as_tensor(support, device=device).to(torch.float64)
+    """Solve one chunk of episodes; return coef (E, K, D) and centred b (E, K)."""
+    X = torch.as_tensor(support, device=device)
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     F = _gram_factor(X)
     F = torch.cat([F, torch.ones_like(F[:, :, :1])], 2)
-    Y = torch.nn.functional.one_hot(y, n_classes).to(X.dtype)
+    Y = torch.nn.functional.one_hot(y, n_classes).to(F.dtype).transpose(1, 2).contiguous()
     prob = _Problem(F, Y, C)
-    phi, P = _newton(prob, X.new_zeros(X.shape[0], F.shape[2], n_classes), tol, max_iter)
+    phi, P = _newton(prob, F.new_zeros(F.shape[0], n_classes, F.shape[2]), tol, max_iter)
     # Stationarity of the weights, W + C X^T (P - Y) = 0, maps the solution
     # back to feature space whatever factor F was used.
-    W = C * X.transpose(1, 2) @ (Y - P)
-    b = prob.theta(phi)[:, -1]
-    return W, b - b.mean(1, keepdim=True)
+    coef = C * (Y - P).to(X.dtype) @ X
+    b = prob.intercept(phi)
+    return coef, b - b.mean(1, keepdim=True)
 
 
 def _chunk_size(S: int, D: int, Q: int = 0) -> int:
@@ -322,15 +327,15 @@ def fit_logreg(
     ``support (E, S, D)``, ``support_labels (E, S)`` in ``[0, n_classes)``.
     Returns ``coef (E, K, D)`` and ``intercept (E, K)`` laid out like
     scikit-learn's ``coef_``/``intercept_``; intercepts are centred (sum 0),
-    which fixes their free common shift.
+    which fixes their free common shift.  ``coef`` has the support's dtype.
     """
     support = np.asarray(support)
     K = n_classes or int(np.max(support_labels)) + 1
     E, S, D = support.shape
     coefs, intercepts = [], []
     for sl in _slices(E, chunk_size or _chunk_size(S, D)):
-        W, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
-        coefs.append(W.transpose(1, 2).cpu().numpy())
+        coef, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
+        coefs.append(coef.cpu().numpy())
         intercepts.append(b.cpu().numpy())
     return np.concatenate(coefs), np.concatenate(intercepts)
 
@@ -368,10 +373,11 @@ def fit_predict_logreg(
     E, S, D = support.shape
     out = []
     for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
-        W, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
+        coef, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
         Xq = torch.as_tensor(query[sl], device=device)
-        logits = Xq @ W.to(Xq.dtype) + b.to(Xq.dtype)[:, None, :]
-        out.append(logits.argmax(2).cpu().numpy())
+        logits = coef.to(Xq.dtype) @ Xq.transpose(1, 2) + b.to(Xq.dtype)[:, :, None]
+        # argmax over a contiguous last dimension is much faster on CPU.
+        out.append(logits.transpose(1, 2).contiguous().argmax(2).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -413,8 +419,14 @@ def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _episode_arrays(features, aug_features, draws, n_aug):
-    """Stack a group of same-shaped episodes into classifier inputs."""
+def episode_arrays(features, aug_features, draws, n_aug: int):
+    """Classifier inputs for episodes with the same number of ways.
+
+    ``draws`` are ``sample_episode`` results.  Returns L2-normalised
+    ``support (E, W*n_shot*n_aug, D)`` (the first ``n_aug`` views of each
+    support image), ``support_labels``, ``query (E, W*n_query, D)`` (plain
+    features) and ``query_labels``; labels are way indices in ``[0, W)``.
+    """
     sup = np.stack([s for s, _, _ in draws])  # (E, W, n_shot)
     qry = np.stack([q for _, q, _ in draws])  # (E, W, n_query)
     E, W, n_shot = sup.shape
@@ -456,6 +468,8 @@ def fewshot_accuracy(
         raise ValueError("intra episodes need coarse labels")
     if not 1 <= n_aug <= aug_features.shape[1]:
         raise ValueError(f"n_aug must be in [1, {aug_features.shape[1]}], got {n_aug}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     if classifier not in ("logreg", "cosine_nn"):
         raise ValueError(f'classifier must be "logreg" or "cosine_nn", got {classifier!r}')
     index = _class_index(fine, coarse, n_shot + n_query)
@@ -470,7 +484,7 @@ def fewshot_accuracy(
         ids = np.flatnonzero(ways == w)
         per_episode = w * (n_shot * n_aug + n_query) * D
         for sl in _slices(len(ids), max(1, _MEMORY_ELEMENTS // per_episode)):
-            Xs, ys, Xq, yq = _episode_arrays(features, aug_features, [draws[i] for i in ids[sl]], n_aug)
+            Xs, ys, Xq, yq = episode_arrays(features, aug_features, [draws[i] for i in ids[sl]], n_aug)
             if classifier == "logreg":
                 pred = fit_predict_logreg(Xs, ys, Xq, n_classes=int(w), device=device)
             else:

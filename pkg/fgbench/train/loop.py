@@ -25,7 +25,7 @@ from ..data import load_prepared
 from ..data.samplers import ClassRandomBatchSampler
 from ..data.transforms import ImageDataset, build_augment, collate, to_tensor
 from ..errors import TrainingError
-from ..evaluate.retrieval import retrieval_metrics
+from ..evaluate.retrieval import nearest_neighbours, recall_at_k
 from ..io import atomic_path, atomic_write_text
 from ..methods import build_method, get_method_class
 from ..models import get_backbone
@@ -168,7 +168,8 @@ def _validation_score(method, spec, val, device):
         return None
     _, labels = training_labels(spec, val)
     feats = embed_tensor(method, to_tensor(val.images), spec["embed_layer"], device)
-    return retrieval_metrics(feats, labels.numpy(), recall_k=(1,), nmi=False)["recall@1"]
+    _, neighbours = nearest_neighbours(feats, 1)
+    return recall_at_k(labels.numpy(), neighbours, ks=(1,))[1]
 
 
 def train(spec: dict, data_path, out_dir) -> None:
