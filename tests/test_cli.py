@@ -63,3 +63,11 @@ def test_validation_split_too_small(tmp_path):
     root = write_fashion(tmp_path / "f", n_train=3, n_test=2)
     proc = fgbench("prepare", "--spec", json.dumps({**SPEC, "root": str(root)}), "--out", str(tmp_path / "d.npz"))
     assert_one_line_error(proc, "datasets.fashion_mnist.val_fraction = 0.1 gives no stratified split")
+
+
+def test_malformed_metrics_file(tmp_path):
+    bad = tmp_path / "retrieval.json"
+    bad.write_text('[{"dataset": "fashion_mnist"}]')
+    proc = fgbench("aggregate", "--csv", str(tmp_path / "s.csv"), "--markdown", str(tmp_path / "s.md"), str(bad))
+    assert_one_line_error(proc, f"{bad}: row 0 lacks column(s)")
+    assert not (tmp_path / "s.csv").exists()

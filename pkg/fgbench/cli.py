@@ -68,7 +68,11 @@ def cmd_aggregate(args):
     from .report import load_metrics, summarise, write_summary  # noqa: PLC0415
 
     ensure_writable(args.csv)
-    write_summary(summarise(load_metrics(args.metrics)), args.csv, args.markdown)
+    try:
+        metrics = load_metrics(args.metrics)
+    except ValueError as e:  # a malformed metrics file: the message names it
+        raise FgbenchError(str(e)) from e
+    write_summary(summarise(metrics), args.csv, args.markdown)
 
 
 def cmd_report(args):
