@@ -33,7 +33,7 @@ def ensure_writable(path) -> None:
 
 
 def cmd_prepare(args):
-    from .data import prepare  # noqa: PLC0415
+    from .data import prepare
 
     spec = _spec(args.spec)
     ensure_writable(args.out)
@@ -41,22 +41,22 @@ def cmd_prepare(args):
 
 
 def cmd_train(args):
-    from .train import train  # noqa: PLC0415
+    from .train import train
 
     ensure_writable(Path(args.out_dir) / "model.pt")
     train(_spec(args.spec), args.data, args.out_dir)
 
 
 def cmd_embed(args):
-    from .embed import embed_split  # noqa: PLC0415
+    from .embed import embed_split
 
     ensure_writable(args.out)
     embed_split(args.model, args.data, args.split, _spec(args.spec), args.out, device=args.device)
 
 
 def cmd_evaluate(args):
-    from .evaluate import metric_rows  # noqa: PLC0415
-    from .io import atomic_write_text  # noqa: PLC0415
+    from .evaluate import metric_rows
+    from .io import atomic_write_text
 
     ensure_writable(args.out)
     run = _spec(args.run)
@@ -65,7 +65,7 @@ def cmd_evaluate(args):
 
 
 def cmd_aggregate(args):
-    from .report import load_metrics, summarise, write_summary  # noqa: PLC0415
+    from .report import load_metrics, summarise, write_summary
 
     ensure_writable(args.csv)
     try:
@@ -76,9 +76,9 @@ def cmd_aggregate(args):
 
 
 def cmd_report(args):
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
-    from .report import plot_protocol  # noqa: PLC0415
+    from .report import plot_protocol
 
     ensure_writable(args.out)
     plot_protocol(pd.read_csv(args.summary), args.protocol, args.out)

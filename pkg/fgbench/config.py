@@ -100,8 +100,8 @@ def _check_protocol(name: str, proto: dict, views: int):
 
 
 def _check_benchmark(cfg: dict):
-    from .data import get_dataset  # noqa: PLC0415 (torch-free, but only needed here)
-    from .methods import get_method_class  # noqa: PLC0415 (imports torch)
+    from .data import get_dataset
+    from .methods import get_method_class  # imports torch: only when validating
 
     if not cfg["benchmark"]:
         raise ConfigError("config key 'benchmark' is empty: name at least one dataset, setting and method")
@@ -149,7 +149,7 @@ def validate(config: dict) -> dict:
     methods = cfg.get("methods") or {}
     for name in methods:
         if name not in used:
-            from .methods import get_method_class  # noqa: PLC0415
+            from .methods import get_method_class
 
             get_method_class(name)  # a typo in 'methods' gets the list of valid names too
     cfg["methods"] = {name: _merge(METHOD_DEFAULTS, methods.get(name)) for name in sorted(used | set(methods))}
@@ -190,7 +190,7 @@ def prepare_spec(cfg: dict, dataset: str) -> dict:
 
 
 def train_spec(cfg: dict, dataset: str, setting: str, method: str, seed: int) -> dict:
-    from .data import get_dataset  # noqa: PLC0415
+    from .data import get_dataset
 
     ds, m = cfg["datasets"][dataset], cfg["methods"][method]
     train = _merge(_merge(cfg["train"], ds["train"]), m["train"])

@@ -10,8 +10,8 @@ from .protocols import PROTOCOLS
 
 def evaluate_protocol(arrays, protocol: dict, device="cpu"):
     """Metrics of one protocol on the arrays of an embeddings file: [(metric, value, ci95, n)]."""
-    from .fewshot import fewshot_accuracy  # noqa: PLC0415 (torch only when needed)
-    from .retrieval import retrieval_metrics  # noqa: PLC0415
+    from .fewshot import fewshot_accuracy  # torch only when evaluating
+    from .retrieval import retrieval_metrics
 
     p = {k: v for k, v in protocol.items() if k not in ("kind", "name")}
     if protocol["kind"] == "fewshot":

@@ -74,7 +74,7 @@ def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int)
 def load_model(path, device="cpu"):
     """Rebuild a trained method from ``model.pt``; weights load strictly."""
     saved = torch.load(path, map_location=device, weights_only=False)
-    method = build_model(saved["spec"], saved["num_classes"], *saved["image_shape"])
+    method = build_model(saved["spec"], saved["num_classes"], *saved["input_shape"])
     method.load_state_dict(saved["state_dict"], strict=True)
     return method.to(device).eval(), saved["spec"]
 
@@ -185,11 +185,11 @@ def train(spec: dict, data_path, out_dir) -> None:
     val_split = data.splits["val"].with_classes(setting["train_classes"])
     classes, labels = training_labels(spec, train_split)
     images = to_tensor(train_split.images)
-    image_shape = (images.shape[1], images.shape[2])
+    input_shape = (images.shape[1], images.shape[-1])  # (channels, size) of the square images
     dataset = ImageDataset(images, labels, build_augment(spec["train"]["augment"], images.shape[-1]))
 
     seed_everything(spec["seed"])
-    method = build_model(spec, len(classes), *image_shape).to(device)
+    method = build_model(spec, len(classes), *input_shape).to(device)
     run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=use_amp))
     digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
     if ckpt_path.exists():
@@ -216,7 +216,7 @@ def train(spec: dict, data_path, out_dir) -> None:
         _save(run.state(digest), ckpt_path)
 
     _save({"spec": spec, "state_dict": run.best["state"], "best_epoch": run.best["epoch"],
-           "num_classes": len(classes), "image_shape": image_shape, "fgbench_version": __version__},
+           "num_classes": len(classes), "input_shape": input_shape, "fgbench_version": __version__},
           out_dir / "model.pt")
     _write_log(run.log, out_dir / "train_log.csv")
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({**spec, "best_epoch": run.best["epoch"]}, sort_keys=False))
