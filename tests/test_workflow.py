@@ -106,3 +106,9 @@ def test_bad_config_stops_before_any_job(tmp_path, changes, message):
     assert proc.returncode != 0
     assert f"fgbench: config error: {message}" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
+    proc = snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

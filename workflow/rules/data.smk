@@ -9,5 +9,7 @@ rule prepare:
     benchmark:
         "results/benchmarks/prepare/{dataset}.tsv"
     threads: 1
+    conda:
+        "../../envs/fgbench.yaml"
     shell:
         "fgbench prepare --spec {params.spec:q} --out {output.data} > {log} 2>&1"

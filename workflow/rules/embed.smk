@@ -14,6 +14,8 @@ rule embed:
     benchmark:
         f"results/benchmarks/embed/{RUN_DIR}/{{split}}.tsv"
     threads: threads_for("embed")
+    conda:
+        "../../envs/fgbench.yaml"
     shell:
         "fgbench embed --spec {params.spec:q} --model {input.model} --data {input.data} "
         "--split {wildcards.split} --out {output.embeddings} > {log} 2>&1"

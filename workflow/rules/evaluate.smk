@@ -12,6 +12,8 @@ rule evaluate:
     benchmark:
         f"results/benchmarks/evaluate/{RUN_DIR}/{{protocol}}.tsv"
     threads: threads_for("evaluate")
+    conda:
+        "../../envs/fgbench.yaml"
     shell:
         "fgbench evaluate --spec {params.spec:q} --run {params.run:q} "
         "--embeddings {input.embeddings} --out {output.metrics} > {log} 2>&1"

@@ -22,6 +22,8 @@ rule aggregate:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
     shell:
         "fgbench aggregate --csv {output.csv} --markdown {output.markdown} {input} > {log} 2>&1"
 
@@ -40,5 +42,7 @@ rule plot:
         "results/logs/plot/{protocol}.log",
     benchmark:
         "results/benchmarks/plot/{protocol}.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
     shell:
         "fgbench report --summary {input.summary} --protocol {wildcards.protocol} --out {output.png} > {log} 2>&1"

@@ -16,5 +16,7 @@ rule train:
     threads: threads_for("train")
     resources:
         gpu=lambda wildcards: CFG.get("resources", {}).get("train", {}).get("gpu", 0),
+    conda:
+        "../../envs/fgbench.yaml"
     shell:
         "fgbench train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir} > {log} 2>&1"
