@@ -1,4 +1,5 @@
-"""Backbones: a small CNN for 28x28 grey images and torchvision ResNets for larger images.
+"""Backbones: a small CNN for 28x28 grey images, ResNet-12 for few-shot benchmarks, and
+torchvision ResNets for larger images.
 
 Each builder returns an ``nn.Module`` mapping images (B, C, H, W) to features (B, out_dim);
 methods put their heads on top.
@@ -8,6 +9,7 @@ import torchvision
 from torch import nn
 
 from ..errors import ConfigError
+from .resnet12 import ResNet12
 
 
 class SmallCNN(nn.Module):
@@ -61,6 +63,7 @@ BACKBONES = {
     "small_cnn": SmallCNN,
     "resnet18": lambda **kw: TorchvisionResNet("resnet18", **kw),
     "resnet50": lambda **kw: TorchvisionResNet("resnet50", **kw),
+    "resnet12": ResNet12,  # CIFAR-100 / tieredImageNet (ANCOR, SCGM); CIFAR needs dropblock_size=2
 }
 
 
