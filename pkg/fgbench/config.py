@@ -123,6 +123,33 @@ def _check_benchmark(cfg: dict):
                     )
 
 
+def _resolve_methods(cfg: dict, methods: dict) -> dict:
+    """Defaults filled into every method in the matrix or in 'methods'; merged train sections checked."""
+    from .methods import get_method_class  # imports torch: only when validating
+
+    for name in methods:
+        get_method_class(name)  # a typo in 'methods' gets the list of valid names too
+    used = {m for settings in cfg["benchmark"].values() for ms in settings.values() for m in ms or []}
+    resolved = {name: _merge(METHOD_DEFAULTS, methods.get(name)) for name in sorted(used | set(methods))}
+    for dataset, ds in cfg["datasets"].items():  # every merged train section, before any job runs
+        _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
+        for name, m in resolved.items():
+            _check_train(_merge(_merge(cfg["train"], ds["train"]), m["train"]), f"methods.{name}.train")
+    return resolved
+
+
+def _resolve_protocols(protocols: dict, views: int) -> dict:
+    if not protocols:
+        raise ConfigError(f"config key 'protocols' is empty; valid protocols: {', '.join(PROTOCOLS)}")
+    for name in protocols:
+        if name not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol '{name}' in 'protocols'; valid protocols: {', '.join(PROTOCOLS)}")
+    resolved = {name: _merge(PROTOCOLS[name], protocols[name]) for name in protocols}
+    for name, proto in resolved.items():
+        _check_protocol(name, proto, views)
+    return resolved
+
+
 def validate(config: dict) -> dict:
     """Return the config with every default filled in; raise ConfigError on bad input."""
     unknown = set(config) - TOP_LEVEL
@@ -145,27 +172,8 @@ def validate(config: dict) -> dict:
     for name, ds in cfg["datasets"].items():
         if not 0 < ds["val_fraction"] < 1:
             raise ConfigError(f"config key 'datasets.{name}.val_fraction' must be in (0, 1), got {ds['val_fraction']}")
-    used = {m for settings in cfg["benchmark"].values() for ms in settings.values() for m in ms or []}
-    methods = cfg.get("methods") or {}
-    for name in methods:
-        if name not in used:
-            from .methods import get_method_class
-
-            get_method_class(name)  # a typo in 'methods' gets the list of valid names too
-    cfg["methods"] = {name: _merge(METHOD_DEFAULTS, methods.get(name)) for name in sorted(used | set(methods))}
-    for dataset, ds in cfg["datasets"].items():  # the merged train sections, checked before any job runs
-        _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
-        for name, m in cfg["methods"].items():
-            _check_train(_merge(_merge(cfg["train"], ds["train"]), m["train"]), f"methods.{name}.train")
-    protocols = cfg.get("protocols")
-    if not protocols:
-        raise ConfigError(f"config key 'protocols' is empty; valid protocols: {', '.join(PROTOCOLS)}")
-    for name in protocols:
-        if name not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol '{name}' in 'protocols'; valid protocols: {', '.join(PROTOCOLS)}")
-    cfg["protocols"] = {name: _merge(PROTOCOLS[name], protocols[name]) for name in protocols}
-    for name, proto in cfg["protocols"].items():
-        _check_protocol(name, proto, cfg["embed"]["views"])
+    cfg["methods"] = _resolve_methods(cfg, cfg.get("methods") or {})
+    cfg["protocols"] = _resolve_protocols(cfg.get("protocols"), cfg["embed"]["views"])
     return cfg
 
 
