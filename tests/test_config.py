@@ -43,7 +43,7 @@ def test_default_config_resolves():
     [
         ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}},
          "unknown method 'tripplet'; valid methods: supervised_coarse, triplet"),
-        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: fashion_mnist"),
+        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: cifar100, fashion_mnist"),
         ({"benchmark": {"fashion_mnist": {"openset": ["triplet"]}}}, "unknown setting 'openset'"),
         ({"protocols": {"fewshot_10way": {}}}, "unknown protocol 'fewshot_10way' in 'protocols'; valid protocols: fewshot_5way"),
         ({"train__epochs": 0}, "'train.epochs' must be a positive integer, got 0"),

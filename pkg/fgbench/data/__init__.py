@@ -13,9 +13,9 @@ from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
-from . import fashion_mnist
+from . import cifar100, fashion_mnist
 
-DATASETS = {fashion_mnist.NAME: fashion_mnist}
+DATASETS = {fashion_mnist.NAME: fashion_mnist, cifar100.NAME: cifar100}
 SPLITS = ("train", "val", "test")
 
 
