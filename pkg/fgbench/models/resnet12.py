@@ -91,8 +91,6 @@ class ResNet12Block(nn.Module):
         self.maxpool = nn.MaxPool2d(2)
         self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
         self.drop_rate = drop_rate
-        self.drop_block = drop_block
-        self.block_size = block_size
         self.dropblock = DropBlock(block_size=block_size) if drop_block else None
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
