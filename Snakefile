@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The default experiment; a file given with --configfile (e.g. workflow/experiments/*.yaml)
+# replaces it rather than merging into it, so the default matrix does not leak into experiments.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -24,3 +28,4 @@ rule all:
     input:
         rules.aggregate.output,
         PLOTS,
+        TSNE_PLOTS,

@@ -25,25 +25,30 @@ def check(**changes):
 
 def test_default_config_resolves():
     cfg = check()
-    assert fgconfig.runs(cfg) == [
-        ("fashion_mnist", "coarse_to_fine", "supervised_coarse", 0),
-        ("fashion_mnist", "coarse_to_fine", "triplet", 0),
-        ("fashion_mnist", "open_set", "triplet", 0),
-    ]
+    c2f = ["supervised_coarse", "moco", "ancor", "scgm_g", "scgm_a", "triplet"]
+    assert fgconfig.runs(cfg) == [("fashion_mnist", "coarse_to_fine", m, 0) for m in c2f] + [
+        ("fashion_mnist", "open_set", "triplet", 0)]
     spec = fgconfig.train_spec(cfg, "fashion_mnist", "open_set", "triplet", 0)
     # method train overrides win over the global train section, which wins over the defaults
     assert spec["train"]["sampler"] == "class_random" and spec["train"]["epochs"] == DEFAULT["train"]["epochs"]
     assert spec["train"]["optimizer"] == fgconfig.TRAIN_DEFAULTS["optimizer"]
     assert spec["setting_def"]["train_classes"] == [0, 1, 2, 3, 4]
     assert cfg["protocols"]["fewshot_intra"]["max_ways"] == 5 and cfg["protocols"]["fewshot_5way"]["n_query"] == 15
+    # dataset defaults fill the transforms; a method's train section overrides them
+    assert spec["train"]["augment"] == "none" and spec["eval_transform"] == "none" and spec["normalize"] is None
+    assert fgconfig.train_spec(cfg, "fashion_mnist", "coarse_to_fine", "ancor", 0)["train"]["augment"] == "rrc_flip"
+    assert fgconfig.embed_spec(cfg, "fashion_mnist")["view_augment"] == "crop_flip"
+    assert cfg["methods"]["ancor"]["embed_layer"] == ["backbone", "head"] and cfg["methods"]["triplet"]["embed_layer"] == ["head"]
+    assert [c["classifier"] for c in cfg["combinations"]] == ["logreg", "cosine_nn", "cosine_nn"]
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}},
-         "unknown method 'tripplet'; valid methods: supervised_coarse, triplet"),
-        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: cifar100, fashion_mnist"),
+         "unknown method 'tripplet'; valid methods: "),
+        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: cifar100, entity13, entity30, fashion_mnist, living17, "
+         "nonliving26, tiered_imagenet"),
         ({"benchmark": {"fashion_mnist": {"openset": ["triplet"]}}}, "unknown setting 'openset'"),
         ({"protocols": {"fewshot_10way": {}}}, "unknown protocol 'fewshot_10way' in 'protocols'; valid protocols: fewshot_5way"),
         ({"train__epochs": 0}, "'train.epochs' must be a positive integer, got 0"),
@@ -58,6 +63,11 @@ def test_default_config_resolves():
         ({"benchmark": {"fashion_mnist": {"open_set": ["supervised_coarse"]}}}, "trains on coarse labels"),
         ({"methods__tripet": {}}, "unknown method 'tripet'"),
         ({"seeds": [-1]}, "'seeds' must list non-negative integers"),
+        ({"train__schedule": "step"}, "'train.schedule' is 'step'; valid values: constant, cosine"),
+        ({"train__augment": "blur"}, "'train.augment' is 'blur'; valid values: none, crop_flip"),
+        ({"datasets__fashion_mnist__view_augment": "jitter"}, "'datasets.fashion_mnist.view_augment' is 'jitter'"),
+        ({"methods__triplet__embed_layer": "logits"}, "'methods.triplet.embed_layer' names 'logits'; valid layers of 'triplet': backbone, head"),
+        ({"methods__triplet__embed_layer": ["head", "head"]}, "must list distinct layers"),
     ],
 )
 def test_bad_values_name_the_key(changes, message):

@@ -2,12 +2,13 @@
 
 import gzip
 import hashlib
+import pickle
 
 import numpy as np
 import pytest
 
 from conftest import idx_bytes, synthetic_fashion, write_fashion, write_idx
-from fgbench.data import fashion_mnist, load_prepared, prepare
+from fgbench.data import DATASETS, Split, cifar100, fashion_mnist, is_in_memory, load_prepared, prepare
 from fgbench.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from fgbench.errors import DataError
 
@@ -113,3 +114,38 @@ def test_real_fashion_mnist_payloads(real_fashion):
     data = fashion_mnist.load(real_fashion)
     assert data["train"][0].shape == (60000, 28, 28) and data["test"][0].shape == (10000, 28, 28)
     assert np.bincount(data["test"][1]).tolist() == [1000] * 10
+
+
+def test_every_dataset_has_the_interface():
+    from fgbench.data.transforms import AUGMENTS
+
+    assert set(DATASETS) == {"fashion_mnist", "cifar100", "living17", "nonliving26", "entity13", "entity30",
+                             "tiered_imagenet"}
+    for name, ds in DATASETS.items():
+        assert ds.NAME == name and callable(ds.read)
+        assert ds.SETTINGS["coarse_to_fine"] == {"train_label": "coarse", "train_classes": None, "test_classes": None}
+        assert isinstance(ds.IMAGE_SIZE, int)
+        assert ds.NORMALIZE is None or all(len(v) == 3 for v in ds.NORMALIZE)
+        assert set(ds.TRANSFORMS) == {"train", "view", "eval"} and set(ds.TRANSFORMS.values()) <= set(AUGMENTS)
+    assert (fashion_mnist.IMAGE_SIZE, fashion_mnist.NORMALIZE) == (28, None)
+    assert fashion_mnist.TRANSFORMS == {"train": "none", "view": "crop_flip", "eval": "none"}
+    assert cifar100.IMAGE_SIZE == 32 and cifar100.NORMALIZE == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    assert cifar100.TRANSFORMS == {"train": "rrc_flip", "view": "flip", "eval": "none"}
+
+
+def test_in_memory_and_memmapped_splits(tmp_path):
+    images = (np.arange(5 * 64 * 64) % 251).astype(np.uint8).reshape(5, 64, 64)
+    labels = np.array([0, 1, 0, 1, 2])
+    split = Split(images, labels, labels, np.arange(5))
+    assert is_in_memory(split.images) and is_in_memory(split.subset(labels == 0).images)
+    np.save(tmp_path / "x.npy", images)
+    mapped = Split(np.load(tmp_path / "x.npy", mmap_mode="r"), labels, labels, np.arange(5))
+    assert not is_in_memory(mapped.images)
+    sub = mapped.with_classes([1, 2])
+    assert not is_in_memory(sub.images) and len(sub.images) == len(sub) == 3
+    np.testing.assert_array_equal(sub.images[2], images[4])
+    np.testing.assert_array_equal(np.asarray(sub.subset(np.array([True, False, True])).images), images[[1, 4]])
+    # Pickled by file name (spawned DataLoader workers), not by value.
+    blob = pickle.dumps(sub.images)
+    assert len(blob) < 1000 < images.nbytes
+    np.testing.assert_array_equal(np.asarray(pickle.loads(blob)), images[[1, 3, 4]])

@@ -1,10 +1,13 @@
-"""Tests for the few-shot protocol and the batched logistic-regression solver."""
+"""Tests for the few-shot protocol, the batched logistic-regression solver, and the per-layer
+evaluation of an embeddings file."""
 
 import numpy as np
 import pytest
 import scipy.stats
 from sklearn.linear_model import LogisticRegression
 
+from fgbench.errors import DataError
+from fgbench.evaluate import PROTOCOLS, evaluate_protocol, layer_features, load_embeddings, metric_rows
 from fgbench.evaluate.fewshot import (
     episode_arrays,
     fewshot_accuracy,
@@ -13,6 +16,7 @@ from fgbench.evaluate.fewshot import (
     logreg_objective,
     mean_ci95,
     predict_cosine_nn,
+    predict_proba_logreg,
     sample_episode,
 )
 
@@ -206,3 +210,63 @@ def test_cosine_nn_picks_the_most_similar_support():
     labels = np.array([[0, 1, 2]])
     query = np.array([[[2.0, 0.1], [0.1, 3.0], [-5.0, 0.0]]])
     np.testing.assert_array_equal(predict_cosine_nn(support, labels, query), [[0, 1, 2]])
+
+
+def test_five_shot_matches_sklearn_on_the_same_episode(data):
+    """5 shots x 5 views = 25 support vectors per class, fit by an independent sklearn LR."""
+    features, aug, fine, coarse = data
+    proto = {k: v for k, v in PROTOCOLS["fewshot_5way_5shot"].items() if k != "kind"}
+    assert (proto["n_shot"], proto["n_aug"], proto["n_way"]) == (5, 5, 5)
+    assert PROTOCOLS["fewshot_all_5shot"] == {**PROTOCOLS["fewshot_all"], "n_shot": 5}
+    res = fewshot_accuracy(features, aug, fine, coarse, **{**proto, "episodes": 12})
+    for e in (0, 11):
+        s, q, classes = sample_episode(e, fine, coarse, n_way=5, n_shot=5, n_query=15)
+        Xs = aug[s.ravel()].reshape(-1, D)  # way-major, then shot, then view
+        ys = np.repeat(np.arange(5), 25)
+        assert Xs.shape == (125, D) and (fine[s.ravel()].reshape(5, 5) == classes[:, None]).all()
+        _, pred = _sklearn(Xs, ys, features[q.ravel()])
+        assert res["per_episode"][e] == pytest.approx((pred == np.repeat(np.arange(5), 15)).mean())
+    assert res["accuracy"] > fewshot_accuracy(features, aug, fine, coarse, episodes=12)["accuracy"]
+
+
+def test_predict_proba_matches_sklearn(data):
+    Xs, ys, Xq, _ = _episodes(data, 4)
+    proba = predict_proba_logreg(Xs, ys, Xq)
+    assert proba.shape == (4, 75, 5)
+    np.testing.assert_allclose(proba.sum(2), 1, atol=1e-12)
+    np.testing.assert_array_equal(proba.argmax(2), fit_predict_logreg(Xs, ys, Xq))
+    np.testing.assert_allclose(np.log(proba), predict_proba_logreg(Xs, ys, Xq, log=True), atol=1e-12)
+    for e in range(4):
+        clf, _ = _sklearn(Xs[e], ys[e], Xq[e], tol=1e-10)
+        np.testing.assert_allclose(proba[e], clf.predict_proba(Xq[e]), atol=1e-5)
+
+
+def test_cosine_nn_respects_allowed_supports():
+    support = np.array([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.1]]])
+    labels = np.array([[0, 1, 2]])
+    query = np.array([[[2.0, 0.1], [0.1, 3.0]]])
+    allowed = np.array([[[False, True, True], [True, True, True]]])
+    np.testing.assert_array_equal(predict_cosine_nn(support, labels, query, allowed=allowed), [[1, 1]])
+
+
+def test_every_layer_is_evaluated(data, tmp_path):
+    features, aug, fine, coarse = data
+    path = tmp_path / "test.npz"
+    np.savez(path, layers=np.array(["head", "backbone"]), fine=fine, coarse=coarse, index=np.arange(len(fine)),
+             features_head=features, aug_features_head=aug,
+             features_backbone=features[:, :8], aug_features_backbone=aug[:, :, :8])
+    proto = {"name": "fewshot_5way", **PROTOCOLS["fewshot_5way"], "episodes": 5}
+    run = {"dataset": "toy", "setting": "coarse_to_fine", "method": "m", "seed": 0}
+    rows = metric_rows(path, proto, run, "hash")
+    assert [(r["layer"], r["metric"]) for r in rows] == [("head", "accuracy"), ("backbone", "accuracy")]
+    assert rows[0]["value"] == pytest.approx(fewshot_accuracy(features, aug, fine, coarse, episodes=5)["accuracy"])
+    backbone = fewshot_accuracy(features[:, :8], aug[:, :, :8], fine, coarse, episodes=5)
+    assert rows[1]["value"] == pytest.approx(backbone["accuracy"]) and rows[1]["value"] != rows[0]["value"]
+    assert rows[0]["protocol"] == "fewshot_5way" and rows[0]["config_hash"] == "hash" and rows[1]["n"] == 5
+    ret = evaluate_protocol(load_embeddings(path), {"name": "retrieval", **PROTOCOLS["retrieval"], "nmi": False})
+    assert {layer for layer, *_ in ret} == {"head", "backbone"}
+    with pytest.raises(DataError, match="layer 'logits' is not in the embeddings file"):
+        layer_features(load_embeddings(path), "logits")
+    np.savez(tmp_path / "old.npz", features=features, fine=fine)
+    with pytest.raises(DataError, match="no 'layers' array"):
+        load_embeddings(tmp_path / "old.npz")

@@ -1,4 +1,4 @@
-"""Tests for fgbench.report (aggregation, Markdown, plots) and fgbench.io."""
+"""Tests for fgbench.report (aggregation, Markdown, plots, the coarse-to-fine table) and fgbench.io."""
 
 import json
 import math
@@ -10,6 +10,7 @@ from PIL import Image
 
 from fgbench.io import atomic_path, atomic_write_bytes, atomic_write_text
 from fgbench.report import load_metrics, plot_protocol, summarise, write_summary
+from fgbench.report.tables import coarse_to_fine_tables, format_c2f_markdown, write_c2f_tables
 
 T975_2DOF = 4.302653  # scipy.stats.t.ppf(0.975, 2)
 
@@ -17,8 +18,8 @@ T975_2DOF = 4.302653  # scipy.stats.t.ppf(0.975, 2)
 ACC = {"proto": {0: 0.5, 1: 0.6, 2: 0.7}, "arcface": {0: 0.8, 1: 0.8, 2: 0.9}}
 
 
-def _row(method, seed, protocol, metric, value, ci95, n, dataset="cub", setting="coarse_to_fine"):
-    return dict(dataset=dataset, setting=setting, method=method, seed=seed, protocol=protocol,
+def _row(method, seed, protocol, metric, value, ci95, n, dataset="cub", setting="coarse_to_fine", layer="head"):
+    return dict(dataset=dataset, setting=setting, method=method, layer=layer, seed=seed, protocol=protocol,
                 metric=metric, value=value, ci95=ci95, n=n, config_hash="abc123", fgbench_version="0.1.0")
 
 
@@ -46,6 +47,15 @@ def metric_files(tmp_path):
     # ... and one where arcface lacks the retrieval protocol
     paths.append(_write(root, [_row("arcface", 0, "fewshot_5way", "accuracy", 0.5, 0.02, 600, setting="open_set")]))
     return paths
+
+
+@pytest.fixture
+def two_layer_files(metric_files, tmp_path):
+    """metric_files plus proto's backbone layer (coarse_to_fine fewshot_5way: 0.3, 0.4, 0.5)."""
+    root = tmp_path / "results" / "metrics_backbone"
+    extra = [_write(root, [_row("proto", seed, "fewshot_5way", "accuracy", 0.3 + 0.1 * seed, 0.01, 600,
+                                layer="backbone")]) for seed in (0, 1, 2)]
+    return metric_files + extra
 
 
 def _get(summary, **keys):
@@ -90,11 +100,119 @@ def test_write_summary(metric_files, tmp_path):
     md = (out / "summary.md").read_text(encoding="utf-8")
     assert "## cub / coarse_to_fine" in md and "## cub / open_set" in md
     assert "| method | fewshot_5way/accuracy | retrieval/map@r | retrieval/recall@1 |" in md
-    assert f"| proto | 60.00 ± {100 * T975_2DOF * 0.1 / math.sqrt(3):.2f} |" in md
+    assert f"| proto (head) | 60.00 ± {100 * T975_2DOF * 0.1 / math.sqrt(3):.2f} |" in md
     assert "42.00 ± 1.23ᵉ" in md and "± over episodes (1 seed)" in md
     assert "| 33.00 |" in md  # single seed, no episode CI
-    assert "| arcface | 50.00 ± 2.00ᵉ | – |" in md  # arcface has no open_set retrieval
+    assert "| arcface (head) | 50.00 ± 2.00ᵉ | – |" in md  # arcface has no open_set retrieval
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "summary.md"]
+
+
+def test_layers_are_separate_rows(two_layer_files, tmp_path):
+    s = summarise(load_metrics(two_layer_files))
+    backbone = _get(s, setting="coarse_to_fine", method="proto", layer="backbone", protocol="fewshot_5way")
+    head = _get(s, setting="coarse_to_fine", method="proto", layer="head", protocol="fewshot_5way")
+    assert backbone["mean"] == pytest.approx(0.4) and head["mean"] == pytest.approx(0.6)
+    write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text(encoding="utf-8")
+    section = md[md.index("## cub / coarse_to_fine"):md.index("## cub / open_set")]
+    labels = [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| ") and "method" not in line]
+    assert labels == ["arcface (head)", "proto (backbone)", "proto (head)"]
+    assert "| proto (backbone) | 40.00 ± " in md and "| – | – |" in md  # backbone: no retrieval rows
+    assert pd.read_csv(tmp_path / "s.csv").query("method == 'proto' and setting == 'coarse_to_fine'")["layer"].nunique() == 2
+
+
+def test_duplicate_rows_differ_by_layer_only_are_fine(metric_files, tmp_path):
+    path = metric_files[0]
+    rows = json.loads(path.read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**rows[0], "layer": "backbone"}]))
+    assert len(load_metrics([path, other])) == 2
+
+
+def test_plot_has_one_bar_per_method_and_layer(two_layer_files, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    labels = []
+    bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, *a, label=None, **k: (labels.append(label), bar(self, *a, label=label, **k))[1])
+    plot_protocol(summarise(load_metrics(two_layer_files)), "fewshot_5way", tmp_path / "p.png")
+    assert labels == ["arcface (head)", "proto (backbone)", "proto (head)"]
+
+
+def _summary_row(dataset, setting, method, layer, protocol, mean, ci95, ci95_episodes, n_seeds=3, metric="accuracy"):
+    return dict(dataset=dataset, setting=setting, method=method, layer=layer, protocol=protocol, metric=metric,
+                n_seeds=n_seeds, mean=mean, ci95=ci95, ci95_episodes=ci95_episodes, seeds="0")
+
+
+@pytest.fixture
+def c2f_summary():
+    nan = float("nan")
+    rows = [
+        _summary_row("living17", "coarse_to_fine", "ancor", "backbone", "fewshot_5way", 0.89234, 0.0055, 0.004),
+        _summary_row("living17", "coarse_to_fine", "ancor", "backbone", "fewshot_all", 0.45141, 0.0012, 0.001),
+        _summary_row("living17", "coarse_to_fine", "ancor", "backbone", "fewshot_intra_all", 0.7, 0.01, 0.02),
+        _summary_row("living17", "coarse_to_fine", "ancor", "head", "fewshot_5way", 0.8, nan, 0.0123, n_seeds=1),
+        _summary_row("living17", "coarse_to_fine", "ens", "backbone+head", "fewshot_5way", 0.9, 0.001, 0.002),
+        _summary_row("living17", "coarse_to_fine", "scgm_g", "head", "fewshot_intra", 0.6, 0.02, 0.01),
+        _summary_row("living17", "coarse_to_fine", "scgm_g", "head", "fewshot_5way_5shot", 0.95, 0.003, 0.001),
+        _summary_row("living17", "coarse_to_fine", "scgm_g", "head", "retrieval", 0.5, nan, nan, metric="recall@1"),
+        _summary_row("living17", "open_set", "triplet", "head", "fewshot_5way", 0.5, 0.01, 0.01),  # not c2f
+        _summary_row("cifar100", "coarse_to_fine", "ancor", "backbone", "fewshot_all", 0.2984, nan, nan, n_seeds=1),
+        _summary_row("cub", "open_set", "triplet", "head", "fewshot_5way", 0.5, 0.01, 0.01),  # no c2f setting
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_coarse_to_fine_table_cells(c2f_summary):
+    tables = coarse_to_fine_tables(c2f_summary)
+    assert list(tables) == ["cifar100", "living17"]  # cub has no coarse_to_fine setting
+    liv = tables["living17"]
+    assert list(liv.columns) == ["method", "layer", "5-way", "all-way", "intra-class (ANCOR, ≤5 ways)",
+                                 "intra-class (SCGM, all subclasses)", "5-way 5-shot"]  # no all-way 5-shot run
+    assert list(zip(liv["method"], liv["layer"])) == [
+        ("ancor", "backbone"), ("ancor", "head"), ("scgm_g", "head"), ("ens", "backbone+head")]
+    cell = liv.set_index(["method", "layer"])
+    assert cell.loc[("ancor", "backbone"), "5-way"] == "89.23 ± 0.55"
+    assert cell.loc[("ancor", "backbone"), "all-way"] == "45.14 ± 0.12"
+    assert cell.loc[("ancor", "backbone"), "intra-class (ANCOR, ≤5 ways)"] == "—"
+    assert cell.loc[("ancor", "backbone"), "intra-class (SCGM, all subclasses)"] == "70.00 ± 1.00"
+    assert cell.loc[("ancor", "head"), "5-way"] == "80.00 ± 1.23ᵉ"  # one seed: the episode interval
+    assert cell.loc[("scgm_g", "head"), "intra-class (ANCOR, ≤5 ways)"] == "60.00 ± 2.00"
+    assert cell.loc[("scgm_g", "head"), "5-way 5-shot"] == "95.00 ± 0.30"
+    assert cell.loc[("ens", "backbone+head"), "5-way 5-shot"] == "—"
+    cifar = tables["cifar100"]
+    assert cifar.to_dict("records") == [{"method": "ancor", "layer": "backbone", "5-way": "—", "all-way": "29.84",
+                                          "intra-class (ANCOR, ≤5 ways)": "—", "intra-class (SCGM, all subclasses)": "—"}]
+
+
+def test_coarse_to_fine_files(c2f_summary, tmp_path):
+    write_c2f_tables(c2f_summary, tmp_path / "c2f.csv", tmp_path / "c2f.md")
+    md = (tmp_path / "c2f.md").read_text(encoding="utf-8")
+    assert md.index("## cifar100") < md.index("## living17") and "## cub" not in md
+    assert "| method | layer | 5-way | all-way | intra-class (ANCOR, ≤5 ways) | intra-class (SCGM, all subclasses) | 5-way 5-shot |" in md
+    assert "| ancor | backbone | 89.23 ± 0.55 | 45.14 ± 0.12 | — | 70.00 ± 1.00 | — |" in md
+    csv = pd.read_csv(tmp_path / "c2f.csv", keep_default_na=False)
+    assert list(csv.columns[:3]) == ["dataset", "method", "layer"] and len(csv) == 5
+    assert csv.query("dataset == 'living17' and method == 'ens'")["5-way"].item() == "90.00 ± 0.10"
+    # No coarse_to_fine anywhere: the files still appear, saying so.
+    write_c2f_tables(c2f_summary[c2f_summary["setting"] == "open_set"], tmp_path / "e.csv", tmp_path / "e.md")
+    assert "No dataset in this benchmark has a coarse_to_fine setting." in (tmp_path / "e.md").read_text(encoding="utf-8")
+    assert pd.read_csv(tmp_path / "e.csv").empty
+    assert format_c2f_markdown({}).startswith("# Coarse-to-fine")
+
+
+def test_cli_aggregate_writes_the_coarse_to_fine_table(metric_files, tmp_path):
+    from fgbench.cli import main
+
+    out = tmp_path / "tables"
+    argv = ["aggregate", "--csv", str(out / "summary.csv"), "--markdown", str(out / "summary.md"),
+            "--c2f-csv", str(out / "c2f.csv"), "--c2f-markdown", str(out / "c2f.md"), *map(str, metric_files)]
+    assert main(argv) == 0
+    md = (out / "c2f.md").read_text(encoding="utf-8")
+    assert "## cub" in md and f"| proto | head | 60.00 ± {100 * T975_2DOF * 0.1 / math.sqrt(3):.2f} | — |" in md
+    alone = ["aggregate", "--csv", str(tmp_path / "s.csv"), "--markdown", str(tmp_path / "s.md"),
+             "--c2f-csv", str(tmp_path / "x.csv"), *map(str, metric_files)]
+    assert main(alone) == 2 and not (tmp_path / "s.csv").exists()  # both or neither
 
 
 @pytest.mark.parametrize("protocol", ["fewshot_5way", "retrieval"])

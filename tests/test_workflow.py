@@ -32,13 +32,20 @@ def job_counts(output: str) -> dict:
     return counts
 
 
+TINY_PROTOCOLS = ("fewshot_5way", "fewshot_intra_all", "fewshot_all_5shot", "retrieval")
+
+
 def tiny_config(fashion_root, **changes):
+    """The default config on a few images for one epoch: one model per method family, every
+    combination kind, one protocol of each shape."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["benchmark"]["fashion_mnist"]["coarse_to_fine"] = ["supervised_coarse", "ancor", "scgm_a"]
     cfg["datasets"]["fashion_mnist"].update(
         root=str(fashion_root), max_images_per_class={"train": 60, "val": 20, "test": 30})
     cfg["train"]["epochs"] = 1
-    for proto in ("fewshot_5way", "fewshot_all", "fewshot_intra"):
-        cfg["protocols"][proto]["episodes"] = 20
+    cfg["protocols"] = {name: cfg["protocols"][name] for name in TINY_PROTOCOLS}
+    for name in TINY_PROTOCOLS[:-1]:
+        cfg["protocols"][name]["episodes"] = 20
     cfg.update(changes)
     return cfg
 
@@ -52,11 +59,14 @@ def write_config(workdir: Path, cfg: dict) -> Path:
 def test_dry_run_job_counts_for_default_config(tmp_path):
     write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
-    # 1 dataset; 3 runs (2 coarse-to-fine, 1 open-set) x 4 protocols; 4 plots.
-    assert counts == {"aggregate": 1, "all": 1, "embed": 3, "evaluate": 12, "plot": 4, "prepare": 1, "train": 3, "total": 25}
+    # 1 dataset; 7 runs (6 coarse-to-fine, 1 open-set) x 7 protocols; 3 combinations x 6
+    # few-shot protocols; a t-SNE plot per run; a plot per protocol.
+    assert counts == {"aggregate": 1, "all": 1, "combine": 18, "embed": 7, "evaluate": 49, "plot": 7,
+                      "prepare": 1, "train": 7, "tsne": 7, "total": 98}
     seeds = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0, 1, 2]}
     write_config(tmp_path, seeds)
-    assert job_counts(snakemake(tmp_path, "-n").stdout)["train"] == 9
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    assert counts["train"] == 21 and counts["combine"] == 54
 
 
 @pytest.mark.workflow
@@ -64,16 +74,24 @@ def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
     write_config(tmp_path, tiny_config(real_fashion))
     snakemake(tmp_path)
     summary = pd.read_csv(tmp_path / "results/tables/summary.csv")
-    assert set(summary["method"]) == {"supervised_coarse", "triplet"}
-    assert set(summary["protocol"]) == {"fewshot_5way", "fewshot_all", "fewshot_intra", "retrieval"}
+    combinations = {"ensemble_sup+ancor", "concat_sup+ancor", "cascade_sup+ancor"}
+    assert set(summary["method"]) == {"supervised_coarse", "ancor", "scgm_a", "triplet"} | combinations
+    assert set(summary["protocol"]) == set(TINY_PROTOCOLS)
     assert set(summary["setting"]) == {"coarse_to_fine", "open_set"}
+    # every configured layer is evaluated, and named
+    ancor = summary.query("method == 'ancor' and protocol == 'fewshot_5way'")
+    assert set(ancor["layer"]) == {"backbone", "head"}
+    assert set(summary.query("method == 'cascade_sup+ancor'")["layer"]) == {"logits+backbone"}
     assert summary["mean"].between(0, 1).all()
     # 30 test images per class: chance is 20% for 5-way; a trained embedding does better.
     five_way = summary.query("protocol == 'fewshot_5way' and method == 'triplet' and setting == 'open_set'")
     assert five_way["mean"].item() > 0.3
     assert (tmp_path / "results/tables/summary.md").read_text().count("|") > 10
-    for proto in ("fewshot_5way", "fewshot_all", "fewshot_intra", "retrieval"):
+    for proto in TINY_PROTOCOLS:
         assert (tmp_path / f"results/plots/{proto}.png").stat().st_size > 5000
+    assert (tmp_path / "results/plots/tsne/fashion_mnist/coarse_to_fine/scgm_a/seed0.png").stat().st_size > 5000
+    table = (tmp_path / "results/tables/coarse_to_fine.md").read_text()
+    assert "scgm_a" in table and "±" in table
     report = snakemake(tmp_path, "--report", "results/report.html")
     assert (tmp_path / "results/report.html").stat().st_size > 10000, report.stderr[-2000:]
     # Nothing left to do: the run is complete.
@@ -94,7 +112,8 @@ def test_single_target_builds_only_what_it_needs(real_fashion, tmp_path):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}}, "unknown method 'tripplet'; valid methods: supervised_coarse, triplet"),
+        ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}},
+         "unknown method 'tripplet'; valid methods: ancor, moco, scgm_a, scgm_g, supervised_coarse, triplet"),
         ({"protocols": {"fewshot_3way": {}}}, "unknown protocol 'fewshot_3way'"),
         ({"benchmark": {"mnist_fashion": {"open_set": ["triplet"]}}}, "unknown dataset 'mnist_fashion'"),
         ({"train": {"epochs": 0}}, "config key 'train.epochs' must be a positive integer, got 0"),
@@ -112,3 +131,16 @@ def test_lint_is_clean(tmp_path):
     write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     proc = snakemake(tmp_path, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("experiment", sorted(p.name for p in (REPO / "workflow/experiments").glob("*.yaml")))
+def test_paper_scale_experiments_dry_run(tmp_path, experiment):
+    """The paper configs build their whole DAG without data (they run on GPUs, not here); an
+    experiment file replaces the default config instead of merging into it."""
+    cfg = yaml.safe_load((REPO / "workflow/experiments" / experiment).read_text())
+    write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))  # must not leak in
+    counts = job_counts(snakemake(tmp_path, "-n", "--configfile", str(REPO / "workflow/experiments" / experiment)).stdout)
+    runs = sum(len(methods) for settings in cfg["benchmark"].values() for methods in settings.values())
+    assert counts["train"] == runs * len(cfg["seeds"])
+    assert counts["prepare"] == len(cfg["benchmark"])
+    assert counts["combine"] == len(cfg["combinations"]) * 6 * len(cfg["benchmark"]) * len(cfg["seeds"])

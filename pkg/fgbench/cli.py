@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|aggregate|report``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|report|tsne``: what the Snakemake rules call.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
@@ -40,6 +40,14 @@ def cmd_prepare(args):
     prepare(spec["dataset"], spec, args.out)
 
 
+def cmd_rearrange_val(args):
+    from .data.imagenet import rearrange_val
+
+    counts = rearrange_val(args.val_dir, args.solution, args.out, copy=args.copy)
+    how = "copies" if args.copy else "symlinks"
+    print(f"{counts['images']} validation images in {counts['classes']} wnid folders ({how}) under {args.out}")
+
+
 def cmd_train(args):
     from .train import train
 
@@ -64,15 +72,48 @@ def cmd_evaluate(args):
     atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
 
 
-def cmd_aggregate(args):
-    from .report import load_metrics, summarise, write_summary
+def cmd_combine(args):
+    from .evaluate import load_embeddings
+    from .evaluate.combine import combination_rows
+    from .io import atomic_write_text
 
+    ensure_writable(args.out)
+    spec, run = _spec(args.spec), _spec(args.run)
+    if not isinstance(spec, dict) or not {"combination", "protocol"} <= set(spec):
+        raise FgbenchError("--spec must be a JSON object with keys 'combination' and 'protocol'")
+    arrays_a, arrays_b = (load_embeddings(path) for path in args.embeddings)
+    try:
+        rows = combination_rows(arrays_a, arrays_b, spec["combination"], spec["protocol"], run,
+                                run.pop("config_hash", ""), device=args.device)
+    except ValueError as e:  # e.g. a retrieval protocol, or n_aug above the files' views
+        raise FgbenchError(str(e)) from e
+    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+
+
+def cmd_aggregate(args):
+    from .report import load_metrics, summarise, write_c2f_tables, write_summary
+
+    if bool(args.c2f_csv) != bool(args.c2f_markdown):
+        raise FgbenchError("--c2f-csv and --c2f-markdown go together")
     ensure_writable(args.csv)
     try:
         metrics = load_metrics(args.metrics)
     except ValueError as e:  # a malformed metrics file: the message names it
         raise FgbenchError(str(e)) from e
-    write_summary(summarise(metrics), args.csv, args.markdown)
+    summary = summarise(metrics)
+    write_summary(summary, args.csv, args.markdown)
+    if args.c2f_csv:
+        write_c2f_tables(summary, args.c2f_csv, args.c2f_markdown)
+
+
+def cmd_tsne(args):
+    from .evaluate import layer_names, load_embeddings
+    from .report import plot_tsne
+
+    ensure_writable(args.out)
+    arrays = load_embeddings(args.embeddings)
+    plot_tsne(arrays, args.layer or layer_names(arrays)[0], args.out, max_points=args.points,
+              seed=args.seed, name=args.name)
 
 
 def cmd_report(args):
@@ -92,6 +133,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: the dataset's config section plus 'dataset'")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("rearrange-val", help="sort the flat ImageNet val images into wnid folders (BREEDS)")
+    s.add_argument("--val-dir", required=True, help="the flat folder of ILSVRC2012_val_*.JPEG")
+    s.add_argument("--solution", required=True, help="LOC_val_solution.csv (ImageId,PredictionString)")
+    s.add_argument("--out", required=True, help="new folder: <out>/<wnid>/<ImageId>.JPEG")
+    s.add_argument("--copy", action="store_true", help="copy the images instead of symlinking them")
+    s.set_defaults(func=cmd_rearrange_val)
 
     s = sub.add_parser("train", help="train one method (resumes from out-dir's checkpoint)")
     s.add_argument("--spec", required=True, help="JSON from fgbench.config.train_spec")
@@ -116,9 +164,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("aggregate", help="metrics JSON files -> summary.csv and summary.md")
+    s = sub.add_parser("combine", help="a combination of two models on one fewshot protocol -> metrics JSON")
+    s.add_argument("--spec", required=True, help="JSON: {combination: a resolved config entry, protocol: protocol_spec}")
+    s.add_argument("--run", required=True, help="JSON: dataset, setting, method (the combination's name), seed, config_hash")
+    s.add_argument("--embeddings", required=True, nargs=2, metavar=("A", "B"), help="test embeddings of models A and B")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_combine)
+
+    s = sub.add_parser("aggregate", help="metrics JSON files -> summary.csv and summary.md (+ coarse-to-fine table)")
     s.add_argument("--csv", required=True)
     s.add_argument("--markdown", required=True)
+    s.add_argument("--c2f-csv", help="also write the papers' coarse-to-fine table as CSV here")
+    s.add_argument("--c2f-markdown", help="... and as Markdown here")
     s.add_argument("metrics", nargs="+")
     s.set_defaults(func=cmd_aggregate)
 
@@ -127,7 +185,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("tsne", help="two-panel t-SNE plot (coarse | fine labels) of one embeddings file")
+    s.add_argument("--embeddings", required=True)
+    s.add_argument("--layer", help="default: the file's first layer (the one that selects the model)")
+    s.add_argument("--points", type=int, default=2000, help="at most this many images (stratified subsample)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--name", default="", help="what the title calls the run")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_tsne)
     return p
+
+
+def one_line(error: FgbenchError) -> str:
+    """The error's own message. An error raised in a DataLoader worker (a corrupt image) comes
+    back wrapped in the worker's traceback; its last line holds the message."""
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 def main(argv=None) -> int:
@@ -135,7 +211,7 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except FgbenchError as e:
-        print(f"fgbench: error: {e}", file=sys.stderr)
+        print(f"fgbench: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -10,6 +10,8 @@ import hashlib
 import json
 
 from .errors import ConfigError
+from .evaluate.combine import validate_combinations
+from .report.options import validate_report
 from .evaluate.protocols import CLASSIFIERS, PROTOCOLS
 
 TRAIN_DEFAULTS = {
@@ -21,7 +23,9 @@ TRAIN_DEFAULTS = {
     "momentum": 0.9,  # sgd only
     "sampler": "random",  # random | class_random (RevDML: classes x samples_per_class)
     "samples_per_class": 2,
-    "augment": "none",  # none | crop_flip
+    "augment": None,  # a name in fgbench.data.transforms.AUGMENTS; None: the dataset's default
+    "schedule": "constant",  # constant | cosine (restarted `cycles` times: ANCOR/SCGM use 10)
+    "cycles": 1,
     "amp": True,  # mixed precision, used on CUDA only
     "num_workers": 0,
     "device": "auto",  # auto (CUDA when present) | cpu | cuda
@@ -29,16 +33,23 @@ TRAIN_DEFAULTS = {
 DATASET_DEFAULTS = {
     "root": None,
     "download_dir": None,
+    "hierarchy_dir": None,  # BREEDS: folder with the hierarchy files; None: downloaded into <download_dir>/breeds
+    "breeds_split": None,  # BREEDS: None (SCGM/ANCOR: all subclasses) | rand | good | bad (source/target)
+    "val_root": None,  # BREEDS: ImageNet val sorted into wnid folders; None: <root>/val
     "val_fraction": 0.1,
     "split_seed": 0,
     "max_images_per_class": None,  # {train: n, val: n, test: n}: caps for quick runs and tests
     "backbone": {"name": "small_cnn"},
-    "view_augment": "crop_flip",
+    "view_augment": None,  # few-shot support views; None: the dataset's default
+    "eval_transform": None,  # plain features (e.g. BREEDS resize 256, centre crop 224); None: the dataset's
     "train": {},
 }
-METHOD_DEFAULTS = {"params": {}, "train": {}, "embed_layer": None}  # None: the method's default layer
+# embed_layer: a layer name or a list of them (the first selects the model on validation);
+# None: the method's default layer.
+METHOD_DEFAULTS = {"params": {}, "train": {}, "embed_layer": None}
 EMBED_DEFAULTS = {"views": 5, "batch_size": 1024, "view_seed": 0}
-TOP_LEVEL = {"seeds", "benchmark", "datasets", "methods", "train", "embed", "protocols", "resources"}
+TOP_LEVEL = {"seeds", "benchmark", "datasets", "methods", "train", "embed", "protocols", "resources",
+             "report", "combinations", "imagenet_val"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -66,13 +77,15 @@ def _check_train(train: dict, key: str):
     unknown = set(train) - set(TRAIN_DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{key}'; valid keys: {', '.join(TRAIN_DEFAULTS)}")
-    for name in ("epochs", "batch_size", "samples_per_class"):
+    for name in ("epochs", "batch_size", "samples_per_class", "cycles"):
         _positive_int(train[name], f"{key}.{name}")
     if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
         raise ConfigError(f"config key '{key}.lr' must be a positive number, got {train['lr']!r}")
     _one_of(train["optimizer"], ("adam", "sgd"), f"{key}.optimizer")
     _one_of(train["sampler"], ("random", "class_random"), f"{key}.sampler")
-    _one_of(train["augment"], ("none", "crop_flip"), f"{key}.augment")
+    if train["augment"] is not None:
+        _one_of(train["augment"], _augment_names(), f"{key}.augment")
+    _one_of(train["schedule"], ("constant", "cosine"), f"{key}.schedule")
     _one_of(train["device"], ("auto", "cpu", "cuda"), f"{key}.device")
 
 
@@ -131,11 +144,49 @@ def _resolve_methods(cfg: dict, methods: dict) -> dict:
         get_method_class(name)  # a typo in 'methods' gets the list of valid names too
     used = {m for settings in cfg["benchmark"].values() for ms in settings.values() for m in ms or []}
     resolved = {name: _merge(METHOD_DEFAULTS, methods.get(name)) for name in sorted(used | set(methods))}
+    for name, m in resolved.items():
+        m["embed_layer"] = _layers(name, m["embed_layer"], get_method_class(name))
     for dataset, ds in cfg["datasets"].items():  # every merged train section, before any job runs
         _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
         for name, m in resolved.items():
             _check_train(_merge(_merge(cfg["train"], ds["train"]), m["train"]), f"methods.{name}.train")
     return resolved
+
+
+def _layers(method: str, layer, cls) -> list:
+    """``embed_layer`` as a non-empty list of the method's layers (None: its default layer)."""
+    layers = [cls.default_layer] if layer is None else [layer] if isinstance(layer, str) else list(layer)
+    for name in layers:
+        if name not in cls.layers:
+            raise ConfigError(f"config key 'methods.{method}.embed_layer' names '{name}'; "
+                              f"valid layers of '{method}': {', '.join(cls.layers)}")
+    if not layers or len(set(layers)) != len(layers):
+        raise ConfigError(f"config key 'methods.{method}.embed_layer' must list distinct layers, got {layer!r}")
+    return layers
+
+
+def _resolve_datasets(cfg: dict) -> dict:
+    """Each dataset's section with defaults; transforms left at None take the dataset's own."""
+    from .data import get_dataset
+
+    datasets = cfg.get("datasets") or {}
+    resolved = {}
+    for name in cfg["benchmark"]:
+        ds = _merge(DATASET_DEFAULTS, datasets.get(name))
+        if not 0 < ds["val_fraction"] < 1:
+            raise ConfigError(f"config key 'datasets.{name}.val_fraction' must be in (0, 1), got {ds['val_fraction']}")
+        transforms = get_dataset(name).TRANSFORMS
+        for key, default in (("view_augment", transforms["view"]), ("eval_transform", transforms["eval"])):
+            ds[key] = default if ds[key] is None else ds[key]
+            _one_of(ds[key], _augment_names(), f"datasets.{name}.{key}")
+        resolved[name] = ds
+    return resolved
+
+
+def _augment_names():
+    from .data.transforms import AUGMENTS
+
+    return tuple(AUGMENTS)
 
 
 def _resolve_protocols(protocols: dict, views: int) -> dict:
@@ -167,13 +218,12 @@ def validate(config: dict) -> dict:
     for field in ("views", "batch_size"):
         _positive_int(cfg["embed"][field], f"embed.{field}")
     _check_benchmark(cfg)
-    datasets = cfg.get("datasets") or {}
-    cfg["datasets"] = {name: _merge(DATASET_DEFAULTS, datasets.get(name)) for name in cfg["benchmark"]}
-    for name, ds in cfg["datasets"].items():
-        if not 0 < ds["val_fraction"] < 1:
-            raise ConfigError(f"config key 'datasets.{name}.val_fraction' must be in (0, 1), got {ds['val_fraction']}")
+    cfg["datasets"] = _resolve_datasets(cfg)
+    cfg["report"] = validate_report(cfg.get("report"))
     cfg["methods"] = _resolve_methods(cfg, cfg.get("methods") or {})
     cfg["protocols"] = _resolve_protocols(cfg.get("protocols"), cfg["embed"]["views"])
+    layers = {name: tuple(m["embed_layer"]) for name, m in cfg["methods"].items()}
+    cfg["combinations"] = validate_combinations(cfg.get("combinations"), layers, runs=runs(cfg))
     return cfg
 
 
@@ -193,23 +243,29 @@ def runs(cfg: dict):
 
 def prepare_spec(cfg: dict, dataset: str) -> dict:
     ds = cfg["datasets"][dataset]
-    keys = ("root", "download_dir", "val_fraction", "split_seed", "max_images_per_class")
+    keys = ("root", "download_dir", "val_fraction", "split_seed", "max_images_per_class",
+            "hierarchy_dir", "breeds_split", "val_root")
     return {"dataset": dataset, **{k: ds[k] for k in keys}}
 
 
 def train_spec(cfg: dict, dataset: str, setting: str, method: str, seed: int) -> dict:
     from .data import get_dataset
 
-    ds, m = cfg["datasets"][dataset], cfg["methods"][method]
+    ds, m, module = cfg["datasets"][dataset], cfg["methods"][method], get_dataset(dataset)
     train = _merge(_merge(cfg["train"], ds["train"]), m["train"])
+    if train["augment"] is None:
+        train["augment"] = module.TRANSFORMS["train"]
     return {
         "dataset": dataset,
         "setting": setting,
-        "setting_def": get_dataset(dataset).SETTINGS[setting],
+        "setting_def": module.SETTINGS[setting],
         "method": method,
         "params": m["params"],
-        "embed_layer": m["embed_layer"],
+        "embed_layers": m["embed_layer"],
         "backbone": ds["backbone"],
+        "image_size": module.IMAGE_SIZE,
+        "normalize": module.NORMALIZE,
+        "eval_transform": ds["eval_transform"],
         "train": train,
         "seed": seed,
     }

@@ -60,3 +60,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Atomically write ``text`` to ``path`` (UTF-8 by default)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def try_download(download, allowed: bool = True):
+    """``(download(), None)``, or ``(None, why)`` when downloading failed or is not allowed: the
+    dataset loaders name the reason in their one-line "not found" message."""
+    from .errors import DataError
+
+    if not allowed:
+        return None, "download disabled"
+    try:
+        return download(), None
+    except (OSError, DataError) as e:
+        return None, str(e)

@@ -1,10 +1,12 @@
 # Config validation, the benchmark matrix, and the per-job specs handed to `fgbench`.
 import json
+import re
 import sys
 
 from snakemake.utils import validate
 
 from fgbench import config as fgconfig
+from fgbench.evaluate.combine import combination_cells
 from fgbench.errors import FgbenchError
 
 # fgbench's checks first: one line naming the key to fix; then the schema as a backstop.
@@ -58,3 +60,51 @@ def run_info(wildcards):
     spec = fgconfig.train_spec(CFG, wildcards.dataset, wildcards.setting, wildcards.method, int(wildcards.seed))
     info = {k: wildcards[k] for k in ("dataset", "setting", "method")}
     return json.dumps({**info, "seed": int(wildcards.seed), "config_hash": fgconfig.spec_hash(spec)})
+
+
+# --- Combinations of two models, t-SNE plots, the coarse-to-fine table ------------------------
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly these names (no names: a regex that matches nothing)."""
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
+
+
+# Rule evaluate makes results/metrics/{...}/{method}/..., rule combine the same path with a
+# combination's name; the method and combination patterns keep the two rules apart (a
+# combination may not be named like a method: fgbench.evaluate.combine.validate_combinations).
+COMBINATIONS = {c["name"]: c for c in CFG["combinations"]}
+FEWSHOT_PROTOCOLS = [p for p in PROTOCOLS if CFG["protocols"][p]["kind"] == "fewshot"]
+METHOD_PATTERN = alternatives({method for _, _, method, _ in RUNS})
+COMBINATION_PATTERN = alternatives(COMBINATIONS)
+FEWSHOT_PATTERN = alternatives(FEWSHOT_PROTOCOLS)
+COMBINED_METRICS = [
+    f"results/metrics/{d}/{s}/{name}/seed{seed}/{p}.json"
+    for d, s, name, seed in combination_cells(COMBINATIONS.values(), RUNS)
+    for p in FEWSHOT_PROTOCOLS
+]
+ALL_METRICS = METRICS + COMBINED_METRICS
+TSNE_PLOTS = [f"results/plots/tsne/{d}/{s}/{m}/seed{seed}.png" for d, s, m, seed in RUNS] if CFG["report"]["tsne"] else []
+
+
+def combination_embeddings(wildcards):
+    """The test embeddings of a combination's models A and B in this dataset, setting and seed."""
+    w = wildcards
+    models = COMBINATIONS[w.combination]["models"]
+    return {
+        key: f"results/embeddings/{w.dataset}/{w.setting}/{m['method']}/seed{w.seed}/test.npz"
+        for key, m in zip("ab", models)
+    }
+
+
+def combine_spec(wildcards):
+    protocol = fgconfig.protocol_spec(CFG, wildcards.protocol)
+    return json.dumps({"combination": COMBINATIONS[wildcards.combination], "protocol": protocol})
+
+
+def combine_run_info(wildcards):
+    comb = COMBINATIONS[wildcards.combination]
+    seed = int(wildcards.seed)
+    specs = [fgconfig.train_spec(CFG, wildcards.dataset, wildcards.setting, m["method"], seed) for m in comb["models"]]
+    info = {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.combination, "seed": seed}
+    return json.dumps({**info, "config_hash": fgconfig.spec_hash({"models": specs, "combination": comb})})

@@ -1,4 +1,4 @@
-# One protocol on one run's test embeddings -> tidy metric rows.
+# One protocol on one run's test embeddings (every embedded layer) -> tidy metric rows.
 rule evaluate:
     input:
         embeddings=f"results/embeddings/{RUN_DIR}/test.npz",
@@ -7,6 +7,8 @@ rule evaluate:
     params:
         spec=protocol_spec,
         run=run_info,
+    wildcard_constraints:
+        method=METHOD_PATTERN,
     log:
         f"results/logs/evaluate/{RUN_DIR}/{{protocol}}.log",
     benchmark:
@@ -17,3 +19,28 @@ rule evaluate:
     shell:
         "fgbench evaluate --spec {params.spec:q} --run {params.run:q} "
         "--embeddings {input.embeddings} --out {output.metrics} > {log} 2>&1"
+
+
+# Ensemble, concatenation or cascade of two runs (config 'combinations') on one fewshot protocol;
+# its rows sit beside the methods' under the combination's name.
+rule combine:
+    input:
+        unpack(combination_embeddings),
+    output:
+        metrics="results/metrics/{dataset}/{setting}/{combination}/seed{seed}/{protocol}.json",
+    params:
+        spec=combine_spec,
+        run=combine_run_info,
+    wildcard_constraints:
+        combination=COMBINATION_PATTERN,
+        protocol=FEWSHOT_PATTERN,
+    log:
+        "results/logs/combine/{dataset}/{setting}/{combination}/seed{seed}/{protocol}.log",
+    benchmark:
+        "results/benchmarks/combine/{dataset}/{setting}/{combination}/seed{seed}/{protocol}.tsv"
+    threads: threads_for("combine")
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench combine --spec {params.spec:q} --run {params.run:q} "
+        "--embeddings {input.a} {input.b} --out {output.metrics} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Tables across seeds, one plot per protocol; `snakemake --report` collects them.
+# Tables across seeds, the papers' coarse-to-fine table, one plot per protocol, t-SNE maps;
+# `snakemake --report` collects them.
 localrules:
     aggregate,
     plot,
@@ -6,7 +7,7 @@ localrules:
 
 rule aggregate:
     input:
-        METRICS,
+        ALL_METRICS,
     output:
         csv=report(
             "results/tables/summary.csv",
@@ -18,6 +19,16 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Tables",
         ),
+        c2f_csv=report(
+            "results/tables/coarse_to_fine.csv",
+            caption="../report/coarse_to_fine.rst",
+            category="Tables",
+        ),
+        c2f_markdown=report(
+            "results/tables/coarse_to_fine.md",
+            caption="../report/coarse_to_fine.rst",
+            category="Tables",
+        ),
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -25,7 +36,8 @@ rule aggregate:
     conda:
         "../../envs/fgbench.yaml"
     shell:
-        "fgbench aggregate --csv {output.csv} --markdown {output.markdown} {input} > {log} 2>&1"
+        "fgbench aggregate --csv {output.csv} --markdown {output.markdown} "
+        "--c2f-csv {output.c2f_csv} --c2f-markdown {output.c2f_markdown} {input} > {log} 2>&1"
 
 
 rule plot:
@@ -46,3 +58,29 @@ rule plot:
         "../../envs/fgbench.yaml"
     shell:
         "fgbench report --summary {input.summary} --protocol {wildcards.protocol} --out {output.png} > {log} 2>&1"
+
+
+# t-SNE of one run's test embeddings (its first layer), coloured by coarse and by fine label.
+rule tsne:
+    input:
+        embeddings=f"results/embeddings/{RUN_DIR}/test.npz",
+    output:
+        png=report(
+            f"results/plots/tsne/{RUN_DIR}.png",
+            caption="../report/tsne.rst",
+            category="t-SNE",
+            labels={"dataset": "{dataset}", "setting": "{setting}", "method": "{method}", "seed": "{seed}"},
+        ),
+    params:
+        points=CFG["report"]["tsne_points"],
+        name=lambda wildcards: f"{wildcards.method}, {wildcards.dataset} {wildcards.setting}, seed {wildcards.seed}",
+    log:
+        f"results/logs/tsne/{RUN_DIR}.log",
+    benchmark:
+        f"results/benchmarks/tsne/{RUN_DIR}.tsv"
+    threads: 1
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench tsne --embeddings {input.embeddings} --points {params.points} --name {params.name:q} "
+        "--out {output.png} > {log} 2>&1"

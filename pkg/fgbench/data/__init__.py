@@ -3,20 +3,57 @@
 ``prepare`` turns a dataset's official files into one ``data.npz`` (the validation split is
 carved from train here, stratified and seeded, so every method and seed selects models on
 the same images); ``load_prepared`` reads it back. Torch-free.
+
+The validation split is ``val_fraction`` of the official training images, for every dataset
+(BREEDS and tieredImageNet too). The seed codebases differ: ANCOR trains on 100% of the
+training images (and selects on the test partition); SCGM shuffles them with
+``sklearn.utils.shuffle(random_state=1000)`` and trains on the first 90%.
+
+A dataset object (a module, or an object in ``DATASETS``) exposes ``NAME``, ``SETTINGS``
+(setting -> {train_label, train_classes, test_classes}), ``IMAGE_SIZE``, ``NORMALIZE``
+((mean, std) or None), ``TRANSFORMS`` ({train, view, eval}: augmentation names of
+``fgbench.data.transforms``) and ``read(cfg)``, which returns a dict::
+
+    {"train": (images, fine), "test": (images, fine),
+     "fine_to_coarse": int array, "fine_names": [...], "coarse_names": [...]}
+
+where ``images`` is a uint8 array, an ``ImageFiles`` (kept as paths) or an ``EncodedImages``
+(decoded once into ``.npy`` files), see ``fgbench.data.images``.
+
+Prepared format (``data.npz``; ``<s>`` is train, val or test):
+
+- ``<s>_fine``, ``<s>_coarse``, ``<s>_index`` (position in the official split), int64;
+- the images, in one of three forms: ``<s>_images`` (uint8 array in the npz); or
+  ``<s>_images_npy`` (the name of a uint8 ``.npy`` file in the same folder, opened memory-mapped);
+  or ``<s>_paths`` (str, relative to ``<s>_image_root``, an absolute folder: decoded on access);
+- ``fine_to_coarse`` (int64, one entry per fine class) and ``names`` (JSON: {fine, coarse}).
 """
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
-from . import cifar100, fashion_mnist
+from . import cifar100, fashion_mnist, imagenet, tiered
+from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, write_npy
 
-DATASETS = {fashion_mnist.NAME: fashion_mnist, cifar100.NAME: cifar100}
+__all__ = [
+    "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "prepare", "load_prepared",
+    "ImageFiles", "is_in_memory",
+]
+
+DATASETS = {
+    fashion_mnist.NAME: fashion_mnist,
+    cifar100.NAME: cifar100,
+    **imagenet.DATASETS,
+    tiered.NAME: tiered,
+}
 SPLITS = ("train", "val", "test")
+FIELDS = ("fine", "coarse", "index")
 
 
 def get_dataset(name):
@@ -27,7 +64,7 @@ def get_dataset(name):
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8, (N, H, W) or (N, H, W, C)
+    images: object  # uint8 ndarray (N, H, W[, C]), np.memmap / MappedRows, or ImageFiles (images.py)
     fine: np.ndarray
     coarse: np.ndarray
     index: np.ndarray  # position in the official split, for traceability
@@ -36,7 +73,9 @@ class Split:
         return len(self.fine)
 
     def subset(self, keep):
-        return Split(self.images[keep], self.fine[keep], self.coarse[keep], self.index[keep])
+        # A memmap indexed by an array would be read into memory: keep the subset on disk.
+        images = MappedRows(self.images) if isinstance(self.images, np.memmap) else self.images
+        return Split(images[keep], self.fine[keep], self.coarse[keep], self.index[keep])
 
     def with_classes(self, classes):
         """Only the images whose fine class is in ``classes`` (all when None)."""
@@ -60,13 +99,39 @@ def _cap_per_class(split: Split, cap, seed) -> Split:
     return split.subset(np.sort(keep))
 
 
+def npy_name(out_path, split: str) -> str:
+    """File name of a split's decoded images next to ``out_path``: ``<split>_images.npy`` for
+    ``data.npz`` (the workflow's name), ``<stem>.<split>_images.npy`` for any other name."""
+    stem = Path(out_path).stem
+    return f"{split}_images.npy" if stem == "data" else f"{stem}.{split}_images.npy"
+
+
+def _check_raw(name: str, raw: dict) -> np.ndarray:
+    fine_to_coarse = np.asarray(raw["fine_to_coarse"], dtype=np.int64)
+    if len(raw["fine_names"]) != len(fine_to_coarse):
+        raise DataError(f"{name}: {len(raw['fine_names'])} fine names for {len(fine_to_coarse)} fine classes")
+    for split in ("train", "test"):
+        images, fine = raw[split]
+        if len(images) != len(fine):
+            raise DataError(f"{name}: the {split} split has {len(images)} images but {len(fine)} labels")
+        if len(fine) and (fine.min() < 0 or fine.max() >= len(fine_to_coarse)):
+            raise DataError(
+                f"{name}: {split} fine labels range {fine.min()}-{fine.max()}, expected 0-{len(fine_to_coarse) - 1}"
+            )
+    return fine_to_coarse
+
+
 def prepare(name: str, cfg: dict, out_path) -> None:
-    """Read dataset ``name`` from disk (see its module) and write the prepared ``data.npz``."""
+    """Read dataset ``name`` from disk (see its module) and write the prepared ``data.npz``.
+
+    Images kept as files are stored as paths; encoded images (tieredImageNet) are decoded once
+    into ``.npy`` files next to ``out_path``, each written atomically before ``data.npz``.
+    """
     module = get_dataset(name)
-    folder = module.locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{name}")
-    raw = module.load(folder)
-    fine_to_coarse = module.FINE_TO_COARSE
+    raw = module.read({**cfg, "download_dir": cfg.get("download_dir") or f"resources/{name}"})
+    fine_to_coarse = _check_raw(name, raw)
     images, fine = raw["train"]
+    fine = np.asarray(fine, dtype=np.int64)
     try:
         train_idx, val_idx = train_test_split(
             np.arange(len(fine)), test_size=cfg["val_fraction"], stratify=fine, random_state=cfg["split_seed"]
@@ -74,29 +139,62 @@ def prepare(name: str, cfg: dict, out_path) -> None:
     except ValueError as e:  # too few images for a stratified split
         raise ConfigError(f"datasets.{name}.val_fraction = {cfg['val_fraction']} gives no stratified split: {e}") from e
     test_images, test_fine = raw["test"]
+    test_fine = np.asarray(test_fine, dtype=np.int64)
     splits = {
         "train": Split(images[train_idx], fine[train_idx], fine_to_coarse[fine[train_idx]], train_idx),
         "val": Split(images[val_idx], fine[val_idx], fine_to_coarse[fine[val_idx]], val_idx),
         "test": Split(test_images, test_fine, fine_to_coarse[test_fine], np.arange(len(test_fine))),
     }
     caps = cfg.get("max_images_per_class") or {}
+    splits = {s: _cap_per_class(split, caps.get(s), cfg["split_seed"]) for s, split in splits.items()}
     arrays = {}
-    for split_name, split in splits.items():
-        split = _cap_per_class(split, caps.get(split_name), cfg["split_seed"])
-        for field in ("images", "fine", "coarse", "index"):
-            arrays[f"{split_name}_{field}"] = getattr(split, field)
-    names = {"fine": module.FINE_NAMES, "coarse": module.COARSE_NAMES}
+    for k, (split_name, split) in enumerate(splits.items()):
+        for field in FIELDS:
+            arrays[f"{split_name}_{field}"] = np.asarray(getattr(split, field), dtype=np.int64)
+        images = split.images
+        if isinstance(images, ImageFiles):
+            arrays[f"{split_name}_paths"] = images.paths
+            arrays[f"{split_name}_image_root"] = np.str_(str(images.root.absolute()))
+        elif isinstance(images, EncodedImages):
+            write_npy(images, Path(out_path).parent / npy_name(out_path, split_name))
+            arrays[f"{split_name}_images_npy"] = np.str_(npy_name(out_path, split_name))
+            later = [s.images for s in list(splits.values())[k + 1 :]]
+            if not any(isinstance(o, EncodedImages) and o.blobs is images.blobs for o in later):
+                images.release()  # no later split reads these bytes: free them before the next pickle
+        else:
+            arrays[f"{split_name}_images"] = np.asarray(images)
+    names = {"fine": list(raw["fine_names"]), "coarse": list(raw["coarse_names"])}
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, fine_to_coarse=fine_to_coarse, names=json.dumps(names), **arrays)
 
 
+def _images(z, split: str, folder: Path):
+    if f"{split}_images" in z:
+        return z[f"{split}_images"]
+    if f"{split}_images_npy" in z:
+        path = folder / str(z[f"{split}_images_npy"])
+        if not path.is_file():
+            raise DataError(f"decoded images {path} are missing")
+        return np.load(path, mmap_mode="r")
+    if f"{split}_paths" in z:
+        return ImageFiles(str(z[f"{split}_image_root"]), z[f"{split}_paths"])
+    raise KeyError(f"no images for split {split}")
+
+
 def load_prepared(path) -> PreparedData:
+    fix = "delete it and rerun `fgbench prepare` (snakemake: delete it and rerun the workflow)"
     try:
         with np.load(path) as z:
-            splits = {s: Split(*(z[f"{s}_{k}"] for k in ("images", "fine", "coarse", "index"))) for s in SPLITS}
+            splits = {}
+            for s in SPLITS:
+                images = _images(z, s, Path(path).parent)
+                split = Split(images, *(z[f"{s}_{k}"] for k in FIELDS))
+                if len(images) != len(split.fine):
+                    raise ValueError(f"the {s} split has {len(images)} images but {len(split.fine)} labels")
+                splits[s] = split
             names = json.loads(str(z["names"]))
             fine_to_coarse = z["fine_to_coarse"]
-    except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"prepared dataset {path} is unreadable ({e}); delete it and rerun `fgbench prepare`") from e
+    except (OSError, KeyError, ValueError, DataError) as e:
+        raise DataError(f"prepared dataset {path} is unreadable ({e}); {fix}") from e
     return PreparedData(splits, names["fine"], names["coarse"], fine_to_coarse)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_path
+from ..io import atomic_path, try_download
 
 NAME = "cifar100"
 # The official ``meta`` file's order (alphabetical).
@@ -67,6 +67,10 @@ SETTINGS = {
     "coarse_to_fine": {"train_label": "coarse", "train_classes": None, "test_classes": None},
     "closed_set": {"train_label": "fine", "train_classes": None, "test_classes": None},
 }
+IMAGE_SIZE = 32
+NORMALIZE = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))  # ANCOR / SCGM
+# ANCOR's CIFAR pretraining (RandomResizedCrop 0.2-1, flip); support views: flip (RandomCrop(32) is a no-op).
+TRANSFORMS = {"train": "rrc_flip", "view": "flip", "eval": "none"}
 
 FOLDER = "cifar-100-python"
 FILES = ("train", "test", "meta")
@@ -133,13 +137,9 @@ def locate(root=None, download_dir="resources/cifar100", allow_download=True) ->
     found = _resolve(Path(download_dir))
     if found is not None:
         return found
-    if allow_download:
-        try:
-            return download(Path(download_dir))
-        except (OSError, DataError) as e:
-            reason = str(e)
-    else:
-        reason = "download disabled"
+    found, reason = try_download(lambda: download(Path(download_dir)), allow_download)
+    if found is not None:
+        return found
     raise DataError(
         f"CIFAR-100 not found: tried {Path(download_dir) / FOLDER}, {download_dir}, and the official "
         f"download of {URL} ({reason}); set datasets.cifar100.root to a folder holding {LAYOUT}"
@@ -200,3 +200,9 @@ def load(folder) -> dict:
         images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CHW -> HWC
         out[split] = (images, fine)
     return out
+
+
+def read(cfg: dict) -> dict:
+    """The dataset as ``fgbench.data.prepare`` needs it (see its docstring), from ``cfg``'s root / download_dir."""
+    folder = locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{NAME}")
+    return {**load(folder), "fine_to_coarse": FINE_TO_COARSE, "fine_names": FINE_NAMES, "coarse_names": COARSE_NAMES}

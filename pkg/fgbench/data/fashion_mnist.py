@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_path
+from ..io import atomic_path, try_download
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 
 NAME = "fashion_mnist"
@@ -30,6 +30,9 @@ SETTINGS = {
     "open_set": {"train_label": "fine", "train_classes": [0, 1, 2, 3, 4], "test_classes": [5, 6, 7, 8, 9]},
     "closed_set": {"train_label": "fine", "train_classes": None, "test_classes": None},
 }
+IMAGE_SIZE = 28
+NORMALIZE = None  # raw pixels / 255
+TRANSFORMS = {"train": "none", "view": "crop_flip", "eval": "none"}
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -79,14 +82,9 @@ def locate(root=None, download_dir="resources/fashion_mnist", allow_download=Tru
     for folder in (DEBIAN_DIR, Path(download_dir)):
         if _has_all(folder):
             return folder
-    if allow_download:
-        try:
-            download(Path(download_dir))
-            return Path(download_dir)
-        except (OSError, DataError) as e:
-            reason = str(e)
-    else:
-        reason = "download disabled"
+    found, reason = try_download(lambda: download(Path(download_dir)) or Path(download_dir), allow_download)
+    if found is not None:
+        return found
     raise DataError(
         f"Fashion-MNIST not found: tried {DEBIAN_DIR} (apt-get install dataset-fashion-mnist), "
         f"{download_dir}, and the official download ({reason}); set datasets.fashion_mnist.root "
@@ -107,3 +105,9 @@ def load(folder) -> dict:
             raise DataError(f"{folder}: {split} labels go up to {labels.max()}, expected 0-9")
         out[split] = (images.astype(np.uint8), labels.astype(np.int64))
     return out
+
+
+def read(cfg: dict) -> dict:
+    """The dataset as ``fgbench.data.prepare`` needs it (see its docstring), from ``cfg``'s root / download_dir."""
+    folder = locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{NAME}")
+    return {**load(folder), "fine_to_coarse": FINE_TO_COARSE, "fine_names": FINE_NAMES, "coarse_names": COARSE_NAMES}

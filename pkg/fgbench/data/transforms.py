@@ -1,11 +1,138 @@
-"""Image tensors and augmentations (torchvision transforms v2)."""
+"""Image tensors, augmentations (torchvision transforms v2) and the datasets the loops read.
+
+Images reach the network as float (C, H, W) in [0, 1]; per-dataset mean/std normalisation is
+the model's first layer (``fgbench.models.Normalize``), so augmentations such as colour jitter
+see raw pixels and a saved model carries its own normalisation.
+"""
+
+import math
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
+from .images import is_in_memory
+
+
+def seeded_uniforms(seeds, count: int) -> torch.Tensor:
+    """(len(seeds), count) uniforms in [0, 1): draw k of seed s is splitmix64(s * 2^8 + k), a
+    counter-based generator, so every image's draws are computed at once."""
+    z = (np.asarray(seeds, dtype=np.uint64)[:, None] << np.uint64(8)) + np.arange(count, dtype=np.uint64)
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / 2.0**53).float()
+
+
+class RandomResizedCropFlip(torch.nn.Module):
+    """torchvision's RandomResizedCrop followed by a random horizontal flip, with per-image
+    parameters, for one image (C, H, W) or a whole batch (B, C, H, W) at once.
+
+    The crop box is drawn exactly as torchvision draws it (10 tries of area fraction and
+    log-uniform aspect ratio, else the centre crop clamped to ``ratio``); all crops are then
+    resampled in one ``grid_sample`` (bilinear). Applied per image, torchvision costs about
+    60 us per 28x28 image, which dominated two-view training on Fashion-MNIST. Difference: no
+    antialiasing, which only matters where a crop side is longer than the output (the
+    aspect-ratio squash); crops are otherwise enlarged.
+
+    Without ``seeds`` the parameters come from the global torch RNG (training, seeded per
+    epoch); with ``seeds`` (one per image) from a hash of each image's seed, so a support view
+    depends on its seed alone, whether drawn in a batch or alone.
+    """
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True):
+        super().__init__()
+        self.size, self.scale, self.ratio, self.flip = size, scale, ratio, flip
+
+    def boxes(self, uniforms: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, 4) crop boxes (top, left, h, w) in pixels from (B, 22) uniforms in [0, 1)."""
+        batch, area = len(uniforms), height * width
+        lo, hi = self.scale
+        target = area * (lo + (hi - lo) * uniforms[:, :10])
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * uniforms[:, 10:20])
+        w = torch.sqrt(target * aspect).round()
+        h = torch.sqrt(target / aspect).round()
+        ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+        first = ok.int().argmax(1)
+        rows = torch.arange(batch)
+        w, h = w[rows, first], h[rows, first]
+        # fallback of torchvision: the whole image, cut to the ratio range
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            fw, fh = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            fw, fh = round(height * self.ratio[1]), height
+        else:
+            fw, fh = width, height
+        found = ok.any(1)
+        w = torch.where(found, w, torch.full_like(w, fw))
+        h = torch.where(found, h, torch.full_like(h, fh))
+        top = torch.where(found, torch.floor(uniforms[:, 20] * (height - h + 1)), (height - h) // 2)
+        left = torch.where(found, torch.floor(uniforms[:, 21] * (width - w + 1)), (width - w) // 2)
+        return torch.stack([top, left, h, w], dim=1)
+
+    def forward(self, images: torch.Tensor, seeds=None) -> torch.Tensor:
+        single = images.ndim == 3
+        x = images[None] if single else images
+        b, c, height, width = x.shape
+        uniforms = torch.rand(b, 23) if seeds is None else seeded_uniforms(seeds, 23)
+        boxes = self.boxes(uniforms, height, width)
+        flip = (uniforms[:, 22] < 0.5) & self.flip
+        top, left, h, w = boxes.unbind(1)
+        sx, sy = torch.where(flip, -w, w) / width, h / height
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1] = sx, sy
+        theta[:, 0, 2] = (left + w / 2) / width * 2 - 1
+        theta[:, 1, 2] = (top + h / 2) / height * 2 - 1
+        grid = F.affine_grid(theta.to(x), (b, c, self.size, self.size), align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[0] if single else out
+
+
+def _moco_v2(size, blur=True):
+    """MoCo-v2's augmentation as ANCOR/SCGM use it for BREEDS (tieredImageNet: no blur). The
+    blur kernel is about a tenth of the image, as in SimCLR (MoCo's PIL blur has no kernel size)."""
+    steps = [
+        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur:
+        steps.append(v2.RandomApply([v2.GaussianBlur(2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=0.5))
+    return v2.Compose([*steps, v2.RandomHorizontalFlip()])
+
+
+def _resize_size(size):
+    return round(size * 256 / 224)  # ImageNet's Resize(256) before a 224 crop
+
+
+# name -> builder(image_size): the training augmentations, few-shot support views and eval transforms.
+AUGMENTS = {
+    "none": lambda size: None,
+    # Mild crop and flip for 28x28 images (few-shot support views on Fashion-MNIST).
+    "crop_flip": lambda size: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
+    # ANCOR's CIFAR pretraining: RandomResizedCrop(scale 0.2-1) and flip only.
+    "rrc_flip": lambda size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
+    "flip": lambda size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
+    "moco_v2": _moco_v2,
+    "moco_v2_noblur": lambda size: _moco_v2(size, blur=False),
+    "pad_crop_flip": lambda size: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
+    "resize_center_crop": lambda size: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
+    "resize_random_crop_flip": lambda size: v2.Compose([
+        v2.Resize(_resize_size(size), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
+}
+
+
+def build_augment(name: str, image_size: int):
+    """The transform ``name`` (see AUGMENTS) for square images of ``image_size``; None for none."""
+    if name not in AUGMENTS:
+        raise ConfigError(f"unknown augmentation '{name}'; valid: {', '.join(AUGMENTS)}")
+    return AUGMENTS[name](image_size)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -15,36 +142,81 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return x.float().div_(255)
 
 
-def build_augment(name: str, image_size: int):
-    """``none``, or ``crop_flip``: a random resized crop (scale 0.7-1) and a horizontal flip,
-    mild enough for 28x28 images (the few-shot support views and optional training aug)."""
-    if name == "none":
-        return None
-    if name == "crop_flip":
-        return v2.Compose([
-            v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ])
-    raise ConfigError(f"unknown augmentation '{name}'; valid: none, crop_flip")
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1]."""
+    return to_tensor(np.asarray(image)[None])[0]
 
 
 class ImageDataset(Dataset):
-    """Images held in memory as one tensor; per-image augmentation from the global torch RNG,
-    which the training loop seeds per epoch (so runs and resumes are reproducible)."""
+    """Training images with labels; ``views`` independently augmented copies per item.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
+    In-memory arrays become one tensor and batches are fetched by one index (fast for MNIST and
+    CIFAR); memmapped arrays and image files are read and decoded per item (in DataLoader
+    workers). Augmentation draws from the global torch RNG, which the training loop seeds per
+    epoch, so runs and resumes are reproducible.
+    """
+
+    def __init__(self, images, labels: torch.Tensor, transform=None, views: int = 1):
+        self.tensor = to_tensor(images) if is_in_memory(images) else None
+        self.images, self.labels, self.transform, self.views = images, labels, transform, views
 
     def __len__(self):
         return len(self.labels)
 
+    def _augment(self, images):
+        if self.transform is None:
+            return images
+        if isinstance(self.transform, RandomResizedCropFlip) and torch.is_tensor(images):
+            return self.transform(images)  # one batched call
+        return torch.stack([self.transform(img) for img in images])
+
     def __getitems__(self, indices):
-        # Batched fetch: one tensor index instead of len(indices) calls and a collate.
         idx = torch.as_tensor(indices)
-        images = self.images[idx]
-        if self.transform is not None:
-            images = torch.stack([self.transform(img) for img in images])
-        return {"images": images, "labels": self.labels[idx], "index": idx}
+        if self.tensor is not None:
+            images = self.tensor[idx]
+        else:
+            images = [image_tensor(self.images[i]) for i in indices]
+            images = images if self.transform is not None else torch.stack(images)
+        batch = {"images": self._augment(images), "labels": self.labels[idx], "index": idx}
+        if self.views == 2:
+            batch["view2"] = self._augment(images)
+        return batch
+
+
+def eval_batches(images, transform=None, seeds=None, batch_size=1024, num_workers=0):
+    """Batches (B, C, H, W) of a split's images through ``transform``, for embedding; with
+    ``seeds``, image i's random transform depends on ``seeds[i]`` alone.
+
+    In-memory images with no transform or a RandomResizedCropFlip go by whole batches (the
+    Fashion-MNIST/CIFAR support views); everything else per image in DataLoader workers.
+    """
+    if is_in_memory(images) and (transform is None or isinstance(transform, RandomResizedCropFlip)):
+        for i in range(0, len(images), batch_size):
+            x = to_tensor(images[i : i + batch_size])
+            yield x if transform is None else transform(x, seeds=None if seeds is None else seeds[i : i + batch_size])
+    else:
+        yield from DataLoader(EvalImages(images, transform, seeds), batch_size=batch_size, num_workers=num_workers)
+
+
+class EvalImages(Dataset):
+    """Images of a split for embedding, through ``transform``; with ``seeds``, item i's transform
+    depends on ``seeds[i]`` alone (the few-shot support views): RandomResizedCropFlip hashes it,
+    any other transform runs under ``torch.manual_seed(seeds[i])``."""
+
+    def __init__(self, images, transform=None, seeds=None):
+        self.images, self.transform, self.seeds = images, transform, seeds
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = image_tensor(self.images[i])
+        if self.transform is None or self.seeds is None:
+            return img if self.transform is None else self.transform(img)
+        if isinstance(self.transform, RandomResizedCropFlip):
+            return self.transform(img, seeds=[self.seeds[i]])
+        torch.manual_seed(int(self.seeds[i]))
+        return self.transform(img)
 
 
 def collate(batch):

@@ -1,5 +1,13 @@
-"""Evaluation: pure functions of arrays (fewshot, retrieval), and the protocol dispatcher that
-turns an embeddings file into tidy metric rows."""
+"""Evaluation: pure functions of arrays (fewshot, retrieval, combine), and the protocol
+dispatcher that turns an embeddings file into tidy metric rows.
+
+An embeddings file (``fgbench embed``) holds ``layers`` (layer names, config order) and per
+layer ``features_{layer}`` (N, D) and, for the test split, ``aug_features_{layer}``
+(N, views, D); plus ``fine``, ``coarse``, ``index``, ``fine_names`` and ``coarse_names``.
+Every protocol is evaluated on every layer; each metric row names its layer.
+"""
+
+import zipfile
 
 import numpy as np
 
@@ -8,31 +16,74 @@ from ..errors import DataError
 from .protocols import PROTOCOLS
 
 
-def evaluate_protocol(arrays, protocol: dict, device="cpu"):
-    """Metrics of one protocol on the arrays of an embeddings file: [(metric, value, ci95, n)]."""
+def load_embeddings(path) -> dict:
+    """The arrays of an embeddings file; ``DataError`` when it lacks the per-layer format."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read the embeddings file ({e})") from e
+    if "layers" not in arrays:
+        raise DataError(f"{path}: no 'layers' array (written by an older fgbench?); rerun `fgbench embed`")
+    return arrays
+
+
+def layer_names(arrays) -> list:
+    """The layers of an embeddings file, in config order (the first selects the model)."""
+    return [str(layer) for layer in np.atleast_1d(arrays["layers"])]
+
+
+def layer_features(arrays, layer: str, aug: bool = False):
+    """``features_{layer}``, or ``(features, aug_features)`` of the layer with ``aug=True``."""
+    if f"features_{layer}" not in arrays:
+        raise DataError(f"layer '{layer}' is not in the embeddings file (layers: {', '.join(layer_names(arrays))})")
+    if not aug:
+        return arrays[f"features_{layer}"]
+    if f"aug_features_{layer}" not in arrays:
+        raise DataError(f"the embeddings file has no augmented views of layer '{layer}' "
+                        f"(aug_features_{layer}); few-shot needs the test split with embed.views >= n_aug")
+    return arrays[f"features_{layer}"], arrays[f"aug_features_{layer}"]
+
+
+def evaluate_layer(arrays, layer: str, protocol: dict, device="cpu"):
+    """Metrics of one protocol on one layer: [(metric, value, ci95, n)]."""
     from .fewshot import fewshot_accuracy  # torch only when evaluating
     from .retrieval import retrieval_metrics
 
     p = {k: v for k, v in protocol.items() if k not in ("kind", "name")}
     if protocol["kind"] == "fewshot":
-        if "aug_features" not in arrays:
-            raise DataError("the embeddings file has no augmented views (aug_features); set embed.views >= n_aug")
-        res = fewshot_accuracy(arrays["features"], arrays["aug_features"], arrays["fine"], arrays["coarse"], device=device, **p)
+        features, aug = layer_features(arrays, layer, aug=True)
+        res = fewshot_accuracy(features, aug, arrays["fine"], arrays["coarse"], device=device, **p)
         return [("accuracy", res["accuracy"], res["ci95"], res["n"])]
-    res = retrieval_metrics(arrays["features"], arrays["fine"], **p)
+    res = retrieval_metrics(layer_features(arrays, layer), arrays["fine"], **p)
     return [(metric, value, None, len(arrays["fine"])) for metric, value in res.items()]
 
 
-def metric_rows(embeddings_path, protocol: dict, run: dict, config_hash: str, device="cpu"):
-    """Tidy rows (DESIGN.md, "Files between rules") for one run and one protocol."""
-    with np.load(embeddings_path) as z:
-        arrays = {k: z[k] for k in z.files}
+def evaluate_protocol(arrays, protocol: dict, device="cpu"):
+    """Metrics of one protocol on every layer of an embeddings file:
+    [(layer, metric, value, ci95, n)], layers in file order."""
     return [
-        {**run, "protocol": protocol["name"], "metric": metric, "value": float(value),
-         "ci95": None if ci is None else float(ci), "n": int(n),
-         "config_hash": config_hash, "fgbench_version": __version__}
-        for metric, value, ci, n in evaluate_protocol(arrays, protocol, device)
+        (layer, *result)
+        for layer in layer_names(arrays)
+        for result in evaluate_layer(arrays, layer, protocol, device)
     ]
 
 
-__all__ = ["PROTOCOLS", "evaluate_protocol", "metric_rows"]
+def tidy_rows(results, run: dict, protocol_name: str, config_hash: str) -> list:
+    """Metric rows (DESIGN.md, "Files between rules") from [(layer, metric, value, ci95, n)]."""
+    return [
+        {**run, "layer": layer, "protocol": protocol_name, "metric": metric, "value": float(value),
+         "ci95": None if ci is None else float(ci), "n": int(n),
+         "config_hash": config_hash, "fgbench_version": __version__}
+        for layer, metric, value, ci, n in results
+    ]
+
+
+def metric_rows(embeddings_path, protocol: dict, run: dict, config_hash: str, device="cpu"):
+    """Tidy rows for one run and one protocol, one set per layer of the embeddings file."""
+    arrays = load_embeddings(embeddings_path)
+    return tidy_rows(evaluate_protocol(arrays, protocol, device), run, protocol["name"], config_hash)
+
+
+__all__ = ["PROTOCOLS", "evaluate_layer", "evaluate_protocol", "layer_features", "layer_names",
+           "load_embeddings", "metric_rows", "tidy_rows"]

@@ -347,6 +347,18 @@ def logreg_objective(X, y, coef, intercept, C: float = 1.0) -> float:
     return 0.5 * float(np.sum(coef**2)) + C * float(ce.sum())
 
 
+def _query_logits(support, support_labels, query, C, n_classes, tol, max_iter, chunk_size, device):
+    """Fit per solver chunk; yield the queries' logits ``(E_chunk, Q, K)`` in the query's dtype."""
+    support, query = np.asarray(support), np.asarray(query)
+    K = n_classes or int(np.max(support_labels)) + 1
+    E, S, D = support.shape
+    for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
+        coef, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
+        Xq = torch.as_tensor(query[sl], device=device)
+        logits = coef.to(Xq.dtype) @ Xq.transpose(1, 2) + b.to(Xq.dtype)[:, :, None]
+        yield logits.transpose(1, 2)
+
+
 def fit_predict_logreg(
     support: np.ndarray,
     support_labels: np.ndarray,
@@ -368,17 +380,37 @@ def fit_predict_logreg(
     ``LogisticRegression(C=C, solver="lbfgs", max_iter=1000)``.  Query logits
     are computed in the query's dtype.
     """
-    support, query = np.asarray(support), np.asarray(query)
-    K = n_classes or int(np.max(support_labels)) + 1
-    E, S, D = support.shape
-    out = []
-    for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
-        coef, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
-        Xq = torch.as_tensor(query[sl], device=device)
-        logits = coef.to(Xq.dtype) @ Xq.transpose(1, 2) + b.to(Xq.dtype)[:, :, None]
-        # argmax over a contiguous last dimension is much faster on CPU.
-        out.append(logits.transpose(1, 2).contiguous().argmax(2).cpu().numpy())
-    return np.concatenate(out)
+    args = (C, n_classes, tol, max_iter, chunk_size, device)
+    # argmax over a contiguous last dimension is much faster on CPU.
+    return np.concatenate([
+        logits.contiguous().argmax(2).cpu().numpy()
+        for logits in _query_logits(support, support_labels, query, *args)
+    ])
+
+
+def predict_proba_logreg(
+    support: np.ndarray,
+    support_labels: np.ndarray,
+    query: np.ndarray,
+    *,
+    log: bool = False,
+    C: float = 1.0,
+    n_classes: int | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    chunk_size: int | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Class probabilities ``(E, Q, K)`` of the queries, float64 (log-probabilities with
+    ``log=True``): the batched counterpart of scikit-learn's ``predict_proba`` after the fit
+    of :func:`fit_predict_logreg` (same arguments).  Their argmax is its prediction."""
+    args = (C, n_classes, tol, max_iter, chunk_size, device)
+    out = [
+        torch.log_softmax(logits.to(torch.float64), 2).cpu().numpy()
+        for logits in _query_logits(support, support_labels, query, *args)
+    ]
+    logp = np.concatenate(out)
+    return logp if log else np.exp(logp)
 
 
 def predict_cosine_nn(
@@ -386,17 +418,26 @@ def predict_cosine_nn(
     support_labels: np.ndarray,
     query: np.ndarray,
     *,
+    allowed: np.ndarray | None = None,
     chunk_size: int | None = None,
     device: str = "cpu",
 ) -> np.ndarray:
-    """1-nearest-neighbour by cosine similarity to the support vectors: (E, Q)."""
+    """1-nearest-neighbour by cosine similarity to the support vectors: (E, Q).
+
+    ``allowed (E, Q, S)``, optional boolean: query q of episode e may only pick supports with
+    ``allowed[e, q]`` true (each row needs at least one; the cascade of two models uses it).
+    """
     support, query = np.asarray(support), np.asarray(query)
     E, S, D = support.shape
     out = []
     for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
         Xs = torch.nn.functional.normalize(torch.as_tensor(support[sl], device=device), dim=2)
         Xq = torch.nn.functional.normalize(torch.as_tensor(query[sl], device=device), dim=2)
-        nearest = (Xq @ Xs.transpose(1, 2)).argmax(2).cpu().numpy()
+        sims = Xq @ Xs.transpose(1, 2)
+        if allowed is not None:
+            mask = torch.as_tensor(np.asarray(allowed[sl], dtype=bool), device=device)
+            sims = sims.masked_fill(~mask, -torch.inf)
+        nearest = sims.argmax(2).cpu().numpy()
         out.append(np.take_along_axis(np.asarray(support_labels[sl]), nearest, axis=1))
     return np.concatenate(out)
 
@@ -437,6 +478,41 @@ def episode_arrays(features, aug_features, draws, n_aug: int):
     return _l2n(Xs), ys, _l2n(Xq), yq
 
 
+def draw_episodes(
+    fine: np.ndarray,
+    coarse: np.ndarray | None = None,
+    *,
+    n_way: int | str = 5,
+    n_shot: int = 1,
+    n_query: int = 15,
+    episodes: int = 1000,
+    intra: bool = False,
+    max_ways: int | None = 5,
+) -> list:
+    """Episodes ``0 .. episodes-1`` as :func:`sample_episode` draws them (index built once)."""
+    _check_sizes(n_way, n_shot, n_query, intra, max_ways)
+    if intra and coarse is None:
+        raise ValueError("intra episodes need coarse labels")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    index = _class_index(fine, coarse, n_shot + n_query)
+    return [_draw(i, index, n_way, n_shot, n_query, intra, max_ways) for i in range(episodes)]
+
+
+def episode_batches(draws, elements_per_way: int):
+    """Group episodes by their number of ways (intra episodes may differ) and cut each group
+    into batches whose gathered arrays stay below _MEMORY_ELEMENTS floats.
+
+    ``elements_per_way`` is the number of floats one way of one episode gathers (e.g.
+    ``(n_shot * n_aug + n_query) * D``).  Yields ``(ways, episode ids)``.
+    """
+    ways = np.array([len(c) for _, _, c in draws])
+    for w in np.unique(ways):
+        ids = np.flatnonzero(ways == w)
+        for sl in _slices(len(ids), max(1, _MEMORY_ELEMENTS // (int(w) * elements_per_way))):
+            yield int(w), ids[sl]
+
+
 def fewshot_accuracy(
     features: np.ndarray,
     aug_features: np.ndarray,
@@ -457,38 +533,29 @@ def fewshot_accuracy(
 
     ``features (N, D)`` are the plain features (used for queries),
     ``aug_features (N, K, D)`` the augmented views (the first ``n_aug`` of
-    each support image are the training vectors).  ``classifier`` is
+    each support image are the training vectors, so a class has
+    ``n_shot * n_aug`` support vectors).  ``classifier`` is
     ``"logreg"`` (scikit-learn-equivalent multinomial logistic regression,
     C=1) or ``"cosine_nn"``.  See the module docstring for the episodes.
 
     Returns ``{"accuracy", "ci95", "n", "per_episode"}`` (fractions in [0, 1]).
     """
     _check_sizes(n_way, n_shot, n_query, intra, max_ways)
-    if intra and coarse is None:
-        raise ValueError("intra episodes need coarse labels")
     if not 1 <= n_aug <= aug_features.shape[1]:
         raise ValueError(f"n_aug must be in [1, {aug_features.shape[1]}], got {n_aug}")
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
     if classifier not in ("logreg", "cosine_nn"):
         raise ValueError(f'classifier must be "logreg" or "cosine_nn", got {classifier!r}')
-    index = _class_index(fine, coarse, n_shot + n_query)
-    draws = [_draw(i, index, n_way, n_shot, n_query, intra, max_ways) for i in range(episodes)]
-
+    draws = draw_episodes(fine, coarse, n_way=n_way, n_shot=n_shot, n_query=n_query,
+                          episodes=episodes, intra=intra, max_ways=max_ways)
     acc = np.empty(episodes)
-    # Intra episodes may differ in their number of ways: batch by shape, and
-    # gather features per chunk so all-way episodes with large D fit memory.
-    ways = np.array([len(c) for _, _, c in draws])
-    D = features.shape[1]
-    for w in np.unique(ways):
-        ids = np.flatnonzero(ways == w)
-        per_episode = w * (n_shot * n_aug + n_query) * D
-        for sl in _slices(len(ids), max(1, _MEMORY_ELEMENTS // per_episode)):
-            Xs, ys, Xq, yq = episode_arrays(features, aug_features, [draws[i] for i in ids[sl]], n_aug)
-            if classifier == "logreg":
-                pred = fit_predict_logreg(Xs, ys, Xq, n_classes=int(w), device=device)
-            else:
-                pred = predict_cosine_nn(Xs, ys, Xq, device=device)
-            acc[ids[sl]] = (pred == yq).mean(1)
+    # Features are gathered per batch so all-way episodes with large D fit memory.
+    per_way = (n_shot * n_aug + n_query) * features.shape[1]
+    for w, ids in episode_batches(draws, per_way):
+        Xs, ys, Xq, yq = episode_arrays(features, aug_features, [draws[i] for i in ids], n_aug)
+        if classifier == "logreg":
+            pred = fit_predict_logreg(Xs, ys, Xq, n_classes=w, device=device)
+        else:
+            pred = predict_cosine_nn(Xs, ys, Xq, device=device)
+        acc[ids] = (pred == yq).mean(1)
     mean, h = mean_ci95(acc)
     return {"accuracy": mean, "ci95": h, "n": episodes, "per_episode": acc}

@@ -21,6 +21,9 @@ PROTOCOLS = {
     "fewshot_intra": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": "all", "intra": True, "max_ways": 5},
     # SCGM's intra-class protocol: one coarse class, all of its fine classes.
     "fewshot_intra_all": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": "all", "intra": True},
+    # 5-shot versions: 5 support images x n_aug views = 25 support vectors per class.
+    "fewshot_5way_5shot": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": 5, "n_shot": 5},
+    "fewshot_all_5shot": {"kind": "fewshot", **FEWSHOT_DEFAULTS, "n_way": "all", "n_shot": 5},
     "retrieval": {
         "kind": "retrieval",
         "recall_k": [1, 2, 4, 8],

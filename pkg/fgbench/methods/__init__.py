@@ -1,6 +1,8 @@
 """Methods by name. Every family module is imported here, which registers its methods."""
 
 from . import metric_learning, supervised  # noqa: F401  (registration)
+from . import contrastive  # noqa: F401  (registration: moco, ancor)
+from . import scgm  # noqa: F401  (registration: scgm_g, scgm_a)
 from .base import Method, build_method, get_method_class, list_methods, register_method
 
 __all__ = ["Method", "build_method", "get_method_class", "list_methods", "register_method"]

@@ -6,6 +6,8 @@ a backbone, and implements ``training_step`` (and optionally ``on_epoch_start``)
 ``embed(images, layer)``. The training loop owns devices, precision, logging and checkpoints.
 """
 
+import inspect
+
 from torch import nn
 
 from ..errors import ConfigError
@@ -18,6 +20,10 @@ class Method(nn.Module):
     labels = "supervised"
     layers = ("backbone", "head")
     default_layer = "head"
+    views = 1  # augmented views of each image per batch: 2 for two-crop contrastive methods
+    # State-dict key prefixes only training needs (key encoders, queues, pseudo-labels): kept in
+    # checkpoints for an exact resume, left out of model.pt, which only has to embed.
+    training_only = ()
     meta = {}  # the method's card: paper, code, deviations
 
     def __init__(self, backbone: nn.Module):
@@ -27,15 +33,30 @@ class Method(nn.Module):
     def training_step(self, batch: dict):
         """Return ``(loss, logs)``: a scalar tensor and a dict of floats for the training log.
 
-        ``batch`` holds ``images``, ``labels`` (the setting's training label), ``index``.
+        ``batch`` holds ``images``, ``labels`` (the setting's training label), ``index`` (position
+        in the training set) and, when ``views == 2``, ``view2``: a second, independently
+        augmented view of the same images.
         """
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Hook for per-epoch work (SCGM's E-step, LSD's teacher snapshot)."""
+    def on_epoch_start(self, epoch: int, batches) -> None:
+        """Hook for per-epoch work (SCGM's E-step, LSD's teacher snapshot). ``epoch`` counts from
+        0; ``batches()`` iterates once over the whole training set in training batches (same
+        dicts as ``training_step`` gets, augmented, on the model's device)."""
 
     def embed(self, images, layer: str):
         raise NotImplementedError
+
+    def inference_state(self) -> dict:
+        """The state dict without the ``training_only`` entries."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.training_only)}
+
+    def load_inference_state(self, state: dict) -> None:
+        """Load what ``inference_state`` saved: strict, except for the training-only entries."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(self.training_only)]
+        if missing or unexpected:
+            raise RuntimeError(f"state of '{self.name}' does not match: missing {missing}, unexpected {unexpected}")
 
     def check_layer(self, layer):
         layer = layer or self.default_layer
@@ -67,12 +88,18 @@ def get_method_class(name: str):
     return _REGISTRY[name]
 
 
-def build_method(name: str, backbone: nn.Module, *, num_classes: int, params: dict) -> Method:
-    """Build method ``name``; params set to None keep the constructor's (paper) default."""
+def build_method(name: str, backbone: nn.Module, *, num_classes: int, num_samples: int, params: dict) -> Method:
+    """Build method ``name``; params set to None keep the constructor's (paper) default.
+
+    Methods that use labels get ``num_classes``; a method whose constructor takes
+    ``num_samples`` (per-sample state such as SCGM's subclass labels) gets the training-set size.
+    """
     cls = get_method_class(name)
     kwargs = {k: v for k, v in (params or {}).items() if v is not None}
     if cls.labels != "none":
         kwargs["num_classes"] = num_classes
+    if "num_samples" in inspect.signature(cls.__init__).parameters:
+        kwargs["num_samples"] = num_samples
     try:
         return cls(backbone, **kwargs)
     except TypeError as e:

@@ -5,6 +5,7 @@ Each builder returns an ``nn.Module`` mapping images (B, C, H, W) to features (B
 methods put their heads on top.
 """
 
+import torch
 import torchvision
 from torch import nn
 
@@ -57,6 +58,20 @@ class TorchvisionResNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class Normalize(nn.Module):
+    """A backbone behind a fixed per-channel mean/std normalisation (the dataset's), so a saved
+    model normalises its own inputs and augmentations run on raw [0, 1] pixels."""
+
+    def __init__(self, backbone: nn.Module, mean, std):
+        super().__init__()
+        self.backbone, self.out_dim = backbone, backbone.out_dim
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.backbone((x - self.mean) / self.std)
 
 
 BACKBONES = {

@@ -1,6 +1,22 @@
-"""Reporting: aggregate per-run metrics into summary tables and plots."""
+"""Reporting: aggregate per-run metrics into summary tables, the coarse-to-fine table, plots and
+t-SNE maps. Submodules load on first use, so reading :mod:`fgbench.report.options` at DAG time
+does not import pandas or matplotlib."""
 
-from fgbench.report.aggregate import format_markdown, load_metrics, summarise, write_summary
-from fgbench.report.plots import main_metrics, plot_protocol
+import importlib
 
-__all__ = ["format_markdown", "load_metrics", "main_metrics", "plot_protocol", "summarise", "write_summary"]
+_EXPORTS = {
+    "format_markdown": "aggregate", "load_metrics": "aggregate", "run_label": "aggregate",
+    "summarise": "aggregate", "write_summary": "aggregate",
+    "main_metrics": "plots", "plot_protocol": "plots",
+    "coarse_to_fine_tables": "tables", "format_c2f_markdown": "tables", "write_c2f_tables": "tables",
+    "plot_tsne": "tsne",
+    "REPORT_DEFAULTS": "options", "validate_report": "options",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

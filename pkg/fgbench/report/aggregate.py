@@ -1,8 +1,10 @@
 """Aggregate per-run metrics files into a summary table (CSV and Markdown).
 
 Each run writes ``results/metrics/{dataset}/{setting}/{method}/seed{seed}/{protocol}.json``:
-a JSON list of tidy rows (see :data:`COLUMNS`).  :func:`load_metrics` stacks them,
-:func:`summarise` aggregates over seeds and :func:`write_summary` renders the result.
+a JSON list of tidy rows (see :data:`COLUMNS`), one set per embedding layer (``layer``; for a
+combination of two models, ``"A_layer+B_layer"``).  :func:`load_metrics` stacks them,
+:func:`summarise` aggregates over seeds and :func:`write_summary` renders the result; a method
+evaluated on two layers is two rows, labelled ``"method (layer)"`` (:func:`run_label`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from scipy import stats
 
 from fgbench.io import atomic_write_text
 
-__all__ = ["COLUMNS", "KEYS", "load_metrics", "summarise", "format_markdown", "write_summary"]
+__all__ = ["COLUMNS", "KEYS", "load_metrics", "run_label", "summarise", "format_markdown", "write_summary"]
 
 #: Columns every metrics row must have.
-COLUMNS = ["dataset", "setting", "method", "seed", "protocol", "metric",
+COLUMNS = ["dataset", "setting", "method", "layer", "seed", "protocol", "metric",
            "value", "ci95", "n", "config_hash", "fgbench_version"]
 #: One summary row per combination of these.
-KEYS = ["dataset", "setting", "method", "protocol", "metric"]
+KEYS = ["dataset", "setting", "method", "layer", "protocol", "metric"]
 
 EPISODE_MARK = "ᵉ"
 MISSING = "–"
@@ -58,7 +60,7 @@ def load_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
     Raises ``ValueError`` naming the offending file when one is unreadable, is not a
     list of row objects, or lacks a column; and when two rows describe the same
-    (dataset, setting, method, seed, protocol, metric).
+    (dataset, setting, method, layer, seed, protocol, metric).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -76,6 +78,11 @@ def load_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         files = sorted({s for s, d in zip(sources, dup) if d})
         raise ValueError(f"duplicate metric rows for the same run in {files}")
     return df
+
+
+def run_label(method: str, layer: str) -> str:
+    """How tables and plots name a method evaluated on one layer: ``"ancor (backbone)"``."""
+    return f"{method} ({layer})"
 
 
 def _t_ci95(values: pd.Series) -> float:
@@ -106,7 +113,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _cell(row: pd.Series) -> tuple[str, bool]:
+def format_cell(row: pd.Series) -> tuple[str, bool]:
     """Format one summary row as ``"mean ± ci"`` in percent; flag episode CIs."""
     text = f"{100 * row['mean']:.2f}"
     if not np.isnan(row["ci95"]):
@@ -119,19 +126,20 @@ def _cell(row: pd.Series) -> tuple[str, bool]:
 def format_markdown(summary: pd.DataFrame) -> str:
     """Render the summary as Markdown: one table per dataset x setting.
 
-    Rows are methods, columns ``protocol/metric``, cells ``mean ± ci`` in percent
-    (across-seed 95% CI; for a single seed the episode CI, marked ``ᵉ``).
+    Rows are methods and layers (``method (layer)``), columns ``protocol/metric``, cells
+    ``mean ± ci`` in percent (across-seed 95% CI; for a single seed the episode CI, marked ``ᵉ``).
     """
     parts = ["# Results summary", "",
              "Values in %; ± is the 95% Student-t confidence half-width across seeds.", ""]
     for (dataset, setting), sub in summary.groupby(["dataset", "setting"], sort=True):
         pm = sub[["protocol", "metric"]].drop_duplicates().sort_values(["protocol", "metric"])
         cols = [f"{p}/{m}" for p, m in pm.itertuples(index=False)]
-        methods = sorted(sub["method"].unique())
+        methods = sorted({run_label(m, layer) for m, layer in zip(sub["method"], sub["layer"])})
         cells = {m: dict.fromkeys(cols, MISSING) for m in methods}
         any_episode = False
         for _, row in sub.iterrows():
-            cells[row["method"]][f"{row['protocol']}/{row['metric']}"], episode = _cell(row)
+            label = run_label(row["method"], row["layer"])
+            cells[label][f"{row['protocol']}/{row['metric']}"], episode = format_cell(row)
             any_episode |= episode
         parts += [f"## {dataset} / {setting}", "",
                   "| method | " + " | ".join(cols) + " |",

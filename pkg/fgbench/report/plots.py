@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fgbench.io import atomic_path
+from fgbench.report.aggregate import run_label
 
 __all__ = ["MAIN_METRICS", "main_metrics", "plot_protocol"]
 
@@ -33,7 +34,7 @@ def plot_protocol(summary: pd.DataFrame, protocol: str, out_png: str | os.PathLi
     """Write a grouped bar chart of ``protocol``'s main metric(s) to ``out_png``.
 
     One panel per main metric; groups on the x axis are ``dataset / setting``, one
-    bar per method, values in percent with 95% CI error bars (across seeds, or over
+    bar per method and layer (``method (layer)``), values in percent with 95% CI error bars (across seeds, or over
     episodes for single-seed runs).  Raises ``ValueError`` if the summary has no
     row for the protocol's main metric(s).
     """
@@ -42,7 +43,8 @@ def plot_protocol(summary: pd.DataFrame, protocol: str, out_png: str | os.PathLi
     if not metrics:
         raise ValueError(f"no {main_metrics(protocol) or 'known'} metric for protocol {protocol!r} in summary")
     data = summary[(summary["protocol"] == protocol) & summary["metric"].isin(metrics)]
-    methods = sorted(data["method"].unique())
+    data = data.assign(label=[run_label(m, layer) for m, layer in zip(data["method"], data["layer"])])
+    methods = sorted(data["label"].unique())
     width = 0.8 / len(methods)
     groups = {m: sorted(set(zip(g["dataset"], g["setting"]))) for m, g in data.groupby("metric")}
     n_groups = max(map(len, groups.values()))
@@ -54,7 +56,7 @@ def plot_protocol(summary: pd.DataFrame, protocol: str, out_png: str | os.PathLi
     for ax, metric in zip(axes, metrics):
         x = np.arange(len(groups[metric]))
         for i, method in enumerate(methods):
-            sub = (data[(data["metric"] == metric) & (data["method"] == method)]
+            sub = (data[(data["metric"] == metric) & (data["label"] == method)]
                    .set_index(["dataset", "setting"]).reindex(groups[metric]))
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, 100 * sub["mean"].to_numpy(), width,
                    yerr=100 * _error(sub), capsize=3, label=method)
@@ -63,7 +65,7 @@ def plot_protocol(summary: pd.DataFrame, protocol: str, out_png: str | os.PathLi
         ax.set_title(f"{protocol}: {metric}")
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].legend(title="method", fontsize="small", loc="best")
+    axes[-1].legend(title="method (layer)", fontsize="small", loc="best")
     fig.supxlabel("error bars: 95% CI across seeds (over episodes for single-seed runs)",
                   fontsize="x-small", color="gray")
     with atomic_path(out_png) as tmp:

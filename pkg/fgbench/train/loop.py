@@ -9,6 +9,7 @@ ends with exactly the weights of an uninterrupted run (on CPU).
 
 import csv
 import io
+import math
 import random
 import time
 from pathlib import Path
@@ -23,12 +24,12 @@ from .. import __version__
 from ..config import spec_hash
 from ..data import load_prepared
 from ..data.samplers import ClassRandomBatchSampler
-from ..data.transforms import ImageDataset, build_augment, collate, to_tensor
+from ..data.transforms import ImageDataset, build_augment, collate, eval_batches
 from ..errors import TrainingError
 from ..evaluate.retrieval import nearest_neighbours, recall_at_k
 from ..io import atomic_path, atomic_write_text
 from ..methods import build_method, get_method_class
-from ..models import get_backbone
+from ..models import Normalize, get_backbone
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -58,7 +59,7 @@ def training_labels(spec: dict, split):
     return classes, torch.from_numpy(labels)
 
 
-def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int):
+def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int, num_samples: int = 0):
     backbone_cfg = dict(spec["backbone"])
     name = backbone_cfg.pop("name")
     if name == "small_cnn":
@@ -66,40 +67,75 @@ def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int)
     else:
         backbone_cfg.update(in_channels=in_channels)
     backbone = get_backbone(name, **backbone_cfg)
-    method = build_method(spec["method"], backbone, num_classes=num_classes, params=spec["params"])
-    method.check_layer(spec["embed_layer"])
+    if spec.get("normalize"):
+        backbone = Normalize(backbone, *spec["normalize"])
+    method = build_method(spec["method"], backbone, num_classes=num_classes, num_samples=num_samples, params=spec["params"])
+    for layer in spec["embed_layers"]:
+        method.check_layer(layer)
     return method
 
 
 def load_model(path, device="cpu"):
-    """Rebuild a trained method from ``model.pt``; weights load strictly."""
+    """Rebuild a trained method from ``model.pt``; weights load strictly (training-only state,
+    such as key encoders and queues, is not saved there)."""
     saved = torch.load(path, map_location=device, weights_only=False)
-    method = build_model(saved["spec"], saved["num_classes"], *saved["input_shape"])
-    method.load_state_dict(saved["state_dict"], strict=True)
+    method = build_model(saved["spec"], saved["num_classes"], *saved["input_shape"], saved["num_samples"])
+    method.load_inference_state(saved["state_dict"])
     return method.to(device).eval(), saved["spec"]
 
 
 @torch.no_grad()
-def embed_tensor(method, images: torch.Tensor, layer, device, batch_size=1024) -> np.ndarray:
+def embed_images(method, images, layers, device, *, transform=None, seeds=None, batch_size=1024, num_workers=0) -> dict:
+    """Features of every layer in ``layers`` for a split's images: {layer: (N, D) float32}.
+
+    ``transform`` (e.g. the eval resize-and-crop) applies per image; with ``seeds``, image i's
+    transform runs under its own seed (the few-shot support views)."""
     method.eval()
-    out = [method.embed(images[i : i + batch_size].to(device), layer).float().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+    batches = eval_batches(images, transform, seeds, batch_size, num_workers)
+    out = {layer: [] for layer in layers}
+    for batch in batches:
+        batch = batch.to(device)
+        for layer in layers:
+            out[layer].append(method.embed(batch, layer).float().cpu())
+    return {layer: torch.cat(parts).numpy() for layer, parts in out.items()}
 
 
-def _loader(spec, dataset, labels, generator):
+def image_shape(spec: dict, images) -> tuple:
+    """(channels, size) of the images the network sees: square crops of the dataset's size."""
+    first = np.asarray(images[0])
+    return (1 if first.ndim == 2 else first.shape[-1]), spec["image_size"]
+
+
+def _loader(spec, dataset, labels, generator, whole_set=False):
+    """The epoch's batches; ``whole_set``: every sample exactly once (SCGM's E-step pass)."""
     t = spec["train"]
-    if t["sampler"] == "class_random":
+    if t["sampler"] == "class_random" and not whole_set:
         batches = ClassRandomBatchSampler(labels, batch_size=t["batch_size"], samples_per_class=t["samples_per_class"], generator=generator)
     else:
-        batches = BatchSampler(RandomSampler(dataset, generator=generator), t["batch_size"], drop_last=True)
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), t["batch_size"], drop_last=not whole_set)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t["num_workers"])
+
+
+def _on_device(batches, device):
+    for batch in batches:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def learning_rate(train: dict, epoch: int) -> float:
+    """``constant``, or ``cosine`` annealing restarted ``cycles`` times (ANCOR/SCGM's
+    ``--cos --num-cycles 10``: lr * (1 + cos(pi * (e mod P) / P)) / 2, P = epochs // cycles)."""
+    if train["schedule"] == "constant":
+        return train["lr"]
+    period = max(1, train["epochs"] // train["cycles"])
+    return train["lr"] * 0.5 * (1 + math.cos(math.pi * (epoch % period) / period))
 
 
 def _optimizer(spec, method):
     t = spec["train"]
+    params = [p for p in method.parameters() if p.requires_grad]  # not momentum (key) encoders
     if t["optimizer"] == "sgd":
-        return torch.optim.SGD(method.parameters(), lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-    return torch.optim.Adam(method.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
 
 
 def _write_log(rows, path):
@@ -142,8 +178,7 @@ class _Run:
 def _train_epoch(run, loader, device, use_amp, epoch):
     run.method.train()
     totals, steps = {}, 0
-    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", mininterval=10, leave=False)):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    for step, batch in enumerate(tqdm(_on_device(loader, device), total=len(loader), desc=f"epoch {epoch}", mininterval=10, leave=False)):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             loss, logs = run.method.training_step(batch)
         if not torch.isfinite(loss):
@@ -167,7 +202,9 @@ def _validation_score(method, spec, val, device):
     if get_method_class(spec["method"]).labels == "none":
         return None
     _, labels = training_labels(spec, val)
-    feats = embed_tensor(method, to_tensor(val.images), spec["embed_layer"], device)
+    layer = spec["embed_layers"][0]
+    transform = build_augment(spec["eval_transform"], spec["image_size"])
+    feats = embed_images(method, val.images, [layer], device, transform=transform, num_workers=spec["train"]["num_workers"])[layer]
     _, neighbours = nearest_neighbours(feats, 1)
     return recall_at_k(labels.numpy(), neighbours, ks=(1,))[1]
 
@@ -184,12 +221,13 @@ def train(spec: dict, data_path, out_dir) -> None:
     train_split = data.splits["train"].with_classes(setting["train_classes"])
     val_split = data.splits["val"].with_classes(setting["train_classes"])
     classes, labels = training_labels(spec, train_split)
-    images = to_tensor(train_split.images)
-    input_shape = (images.shape[1], images.shape[-1])  # (channels, size) of the square images
-    dataset = ImageDataset(images, labels, build_augment(spec["train"]["augment"], images.shape[-1]))
+    input_shape = image_shape(spec, train_split.images)
+    views = get_method_class(spec["method"]).views
+    augment = build_augment(spec["train"]["augment"], spec["image_size"])
+    dataset = ImageDataset(train_split.images, labels, augment, views=views)
 
     seed_everything(spec["seed"])
-    method = build_model(spec, len(classes), *input_shape).to(device)
+    method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
     run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=use_amp))
     digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
     if ckpt_path.exists():
@@ -204,19 +242,23 @@ def train(spec: dict, data_path, out_dir) -> None:
         started = time.time()
         seed_everything(epoch_seed(spec["seed"], epoch))
         generator = torch.Generator().manual_seed(epoch_seed(spec["seed"], epoch))
-        run.method.on_epoch_start(epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(spec["train"], epoch)
+        run.method.train()
+        run.method.on_epoch_start(epoch, lambda: _on_device(_loader(spec, dataset, labels, generator, whole_set=True), device))
         stats = _train_epoch(run, _loader(spec, dataset, labels, generator), device, use_amp, epoch)
         score = _validation_score(run.method, spec, val_split, device)
         if score is None or score > run.best["score"]:
             run.best = {"epoch": epoch, "score": score if score is not None else -float("inf"),
-                        "state": {k: v.detach().cpu().clone() for k, v in run.method.state_dict().items()}}
+                        "state": {k: v.detach().cpu().clone() for k, v in run.method.inference_state().items()}}
         run.epoch = epoch + 1
-        run.log.append({"epoch": epoch, **stats, "val_recall@1": score, "seconds": round(time.time() - started, 2)})
+        run.log.append({"epoch": epoch, "lr": learning_rate(spec["train"], epoch), **stats, "val_recall@1": score, "seconds": round(time.time() - started, 2)})
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in run.log[-1].items() if isinstance(v, float)), flush=True)
         _save(run.state(digest), ckpt_path)
 
     _save({"spec": spec, "state_dict": run.best["state"], "best_epoch": run.best["epoch"],
-           "num_classes": len(classes), "input_shape": input_shape, "fgbench_version": __version__},
+           "num_classes": len(classes), "num_samples": len(dataset), "input_shape": input_shape,
+           "fgbench_version": __version__},
           out_dir / "model.pt")
     _write_log(run.log, out_dir / "train_log.csv")
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({**spec, "best_epoch": run.best["epoch"]}, sort_keys=False))

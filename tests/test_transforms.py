@@ -1,0 +1,118 @@
+"""Augmentations: the batched random-resized-crop against torchvision's rule, the registry."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from fgbench.cli import one_line
+from fgbench.data.images import ImageFiles
+
+from fgbench.data.transforms import AUGMENTS, EvalImages, ImageDataset, RandomResizedCropFlip, build_augment, eval_batches, seeded_uniforms
+from fgbench.errors import ConfigError, DataError
+from fgbench.train.loop import learning_rate
+
+
+def test_full_crop_without_flip_is_the_identity():
+    x = torch.rand(6, 3, 20, 20)
+    out = RandomResizedCropFlip(20, scale=(1, 1), ratio=(1, 1), flip=False)(x)
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    torch.manual_seed(0)
+    x = torch.rand(400, 1, 8, 8)
+    out = RandomResizedCropFlip(8, scale=(1, 1), ratio=(1, 1))(x)
+    same = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x)]
+    mirrored = [torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(out, x)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 150 < sum(mirrored) < 250
+
+
+def test_crop_resamples_the_box_bilinearly():
+    """A 2x enlargement of the top-left quarter: output pixel centres fall on input coordinates
+    (u + 0.5) / 2 - 0.5, so a linear ramp stays a ramp with half the slope."""
+    ramp = torch.arange(8.0).repeat(8, 1)[None, None]  # value = column
+    crop = RandomResizedCropFlip(8, flip=False)
+    crop.boxes = lambda uniforms, h, w: torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    out = crop(ramp)[0, 0, 0]
+    expected = torch.clamp((torch.arange(8.0) + 0.5) / 2 - 0.5, 0, 7)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_boxes_follow_torchvisions_distribution():
+    torch.manual_seed(0)
+    ours = RandomResizedCropFlip(28, scale=(0.2, 1.0)).boxes(torch.rand(20000, 22), 28, 28).numpy()
+    torch.manual_seed(1)
+    theirs = np.array([v2.RandomResizedCrop.get_params(torch.zeros(1, 28, 28), (0.2, 1.0), (3 / 4, 4 / 3)) for _ in range(20000)], float)
+    assert np.all(ours[:, 0] + ours[:, 2] <= 28) and np.all(ours[:, 1] + ours[:, 3] <= 28) and np.all(ours >= 0)
+    assert np.allclose(ours.mean(0), theirs.mean(0), atol=0.15)
+    assert np.allclose(ours.std(0), theirs.std(0), atol=0.15)
+    area = ours[:, 2] * ours[:, 3] / 28**2
+    assert area.min() >= 0.18 and area.max() <= 1.0
+
+
+def test_two_view_batches_are_independent_augmentations():
+    images = (np.random.default_rng(0).random((16, 28, 28)) * 255).astype(np.uint8)
+    data = ImageDataset(images, torch.zeros(16, dtype=torch.long), build_augment("rrc_flip", 28), views=2)
+    batch = data.__getitems__(list(range(16)))
+    assert batch["images"].shape == batch["view2"].shape == (16, 1, 28, 28)
+    assert not torch.allclose(batch["images"], batch["view2"])
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
+def test_every_augmentation_keeps_the_image_size(name):
+    transform = build_augment(name, 32)
+    image = torch.rand(3, 32, 32)
+    out = image if transform is None else transform(image)
+    assert out.shape == (3, 32, 32)
+
+
+def test_unknown_augmentation_is_named():
+    with pytest.raises(ConfigError, match="unknown augmentation 'blurr'.*moco_v2"):
+        build_augment("blurr", 28)
+
+
+def test_cosine_restarts_as_ancor():
+    train = {"lr": 0.03, "schedule": "cosine", "cycles": 10, "epochs": 200}
+    assert learning_rate(train, 0) == pytest.approx(0.03)
+    assert learning_rate(train, 10) == pytest.approx(0.015)
+    assert learning_rate(train, 19) == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert learning_rate(train, 20) == pytest.approx(0.03)  # the restart
+    assert learning_rate({**train, "schedule": "constant"}, 57) == 0.03
+
+
+def test_seeded_batch_equals_seeded_single_images():
+    """The batched support views equal one-image calls (the path of image files and memmaps):
+    a view depends on its seed alone."""
+    images = (np.random.default_rng(1).random((6, 28, 28)) * 255).astype(np.uint8)
+    images[3] = images[0]
+    crop = build_augment("crop_flip", 28)
+    seeds = [11, 12, 13, 11, 99, 7]
+    batched = next(eval_batches(images, crop, seeds))
+    single = torch.stack([EvalImages(images, crop, seeds)[i] for i in range(6)])
+    torch.testing.assert_close(batched, single)
+    torch.testing.assert_close(batched[0], batched[3])  # same seed and image: same view
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_seeded_uniforms_are_uniform_and_reproducible():
+    u = seeded_uniforms(np.arange(20000), 23).numpy()
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03  # draws of one seed are not correlated
+    assert np.array_equal(seeded_uniforms([5, 7], 23).numpy(), u[[5, 7]])
+
+
+def test_a_corrupt_image_in_a_worker_is_reported_by_path(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.JPEG")
+    (tmp_path / "bad.JPEG").write_bytes(b"not a jpeg at all")
+    files = ImageFiles(tmp_path, ["good.JPEG", "bad.JPEG"])
+    with pytest.raises(DataError) as err:
+        list(DataLoader(EvalImages(files), batch_size=1, num_workers=1))
+    message = one_line(err.value)
+    assert "\n" not in message and message.startswith(f"image {tmp_path / 'bad.JPEG'} cannot be decoded")
