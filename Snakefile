@@ -27,5 +27,6 @@ rule all:
     default_target: True
     input:
         rules.aggregate.output,
+        rules.tables.output,
         PLOTS,
         TSNE_PLOTS,

@@ -48,6 +48,17 @@ def write_fashion(folder: Path, n_train: int = 30, n_test: int = 20, gz: bool = 
     return folder
 
 
+def class_batch(n: int = 16, classes: int = 4) -> dict:
+    """A fixed training batch of 28x28 images whose class is visible (a bright row per class)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(classes).repeat_interleave(n // classes)
+    images = torch.rand(n, 1, 28, 28, generator=g) * 0.3
+    images[torch.arange(n), 0, labels * 6 + 2, :] += 0.7
+    return {"images": images, "labels": labels, "index": torch.arange(n)}
+
+
 @pytest.fixture
 def fashion_dir(tmp_path):
     return write_fashion(tmp_path / "fashion")

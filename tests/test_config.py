@@ -26,8 +26,12 @@ def check(**changes):
 def test_default_config_resolves():
     cfg = check()
     c2f = ["supervised_coarse", "moco", "ancor", "scgm_g", "scgm_a", "triplet"]
-    assert fgconfig.runs(cfg) == [("fashion_mnist", "coarse_to_fine", m, 0) for m in c2f] + [
-        ("fashion_mnist", "open_set", "triplet", 0)]
+    open_set, closed_set = ["triplet", "lsd", "margin", "multisimilarity", "stml"], ["vmf", "softmax", "cosine_softmax", "arcface"]
+    assert fgconfig.runs(cfg) == [("fashion_mnist", s, m, 0) for s, ms in
+                                  (("coarse_to_fine", c2f), ("open_set", open_set), ("closed_set", closed_set)) for m in ms]
+    # closed-set accuracy only where train and test share classes and the method embeds probabilities
+    assert "closed_set" in fgconfig.protocols_for(cfg, "closed_set", "vmf")
+    assert "closed_set" not in fgconfig.protocols_for(cfg, "open_set", "stml")
     spec = fgconfig.train_spec(cfg, "fashion_mnist", "open_set", "triplet", 0)
     # method train overrides win over the global train section, which wins over the defaults
     assert spec["train"]["sampler"] == "class_random" and spec["train"]["epochs"] == DEFAULT["train"]["epochs"]
@@ -47,8 +51,8 @@ def test_default_config_resolves():
     [
         ({"benchmark": {"fashion_mnist": {"open_set": ["tripplet"]}}},
          "unknown method 'tripplet'; valid methods: "),
-        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: cifar100, entity13, entity30, fashion_mnist, living17, "
-         "nonliving26, tiered_imagenet"),
+        ({"benchmark": {"fmnist": {"open_set": ["triplet"]}}}, "unknown dataset 'fmnist'; valid datasets: cars196, cifar10, cifar100, cub200, entity13, entity30, "
+         "fashion_mnist, living17, mnist, nonliving26, sop, tiered_imagenet"),
         ({"benchmark": {"fashion_mnist": {"openset": ["triplet"]}}}, "unknown setting 'openset'"),
         ({"protocols": {"fewshot_10way": {}}}, "unknown protocol 'fewshot_10way' in 'protocols'; valid protocols: fewshot_5way"),
         ({"train__epochs": 0}, "'train.epochs' must be a positive integer, got 0"),
@@ -68,6 +72,7 @@ def test_default_config_resolves():
         ({"datasets__fashion_mnist__view_augment": "jitter"}, "'datasets.fashion_mnist.view_augment' is 'jitter'"),
         ({"methods__triplet__embed_layer": "logits"}, "'methods.triplet.embed_layer' names 'logits'; valid layers of 'triplet': backbone, head"),
         ({"methods__triplet__embed_layer": ["head", "head"]}, "must list distinct layers"),
+        ({"methods__ancor__params": {"embedding_dim": 64}}, "unknown parameter(s) ['embedding_dim'] in 'methods.ancor.params'; valid: dim,"),
     ],
 )
 def test_bad_values_name_the_key(changes, message):

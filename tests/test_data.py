@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import idx_bytes, synthetic_fashion, write_fashion, write_idx
-from fgbench.data import DATASETS, Split, cifar100, fashion_mnist, is_in_memory, load_prepared, prepare
+from fgbench.data import (
+    DATASETS, Split, cifar100, fashion_mnist, is_in_memory, load_prepared, prepare, split_defaults,
+)
 from fgbench.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from fgbench.errors import DataError
 
@@ -120,10 +122,15 @@ def test_every_dataset_has_the_interface():
     from fgbench.data.transforms import AUGMENTS
 
     assert set(DATASETS) == {"fashion_mnist", "cifar100", "living17", "nonliving26", "entity13", "entity30",
-                             "tiered_imagenet"}
+                             "tiered_imagenet", "mnist", "cifar10", "cub200", "cars196", "sop"}
     for name, ds in DATASETS.items():
         assert ds.NAME == name and callable(ds.read)
-        assert ds.SETTINGS["coarse_to_fine"] == {"train_label": "coarse", "train_classes": None, "test_classes": None}
+        assert ds.SETTINGS and set(ds.SETTINGS) <= {"coarse_to_fine", "open_set", "closed_set"}
+        for setting, definition in ds.SETTINGS.items():
+            assert set(definition) == {"train_label", "train_classes", "test_classes"}
+            assert definition["train_label"] == ("coarse" if setting == "coarse_to_fine" else "fine")
+        if "coarse_to_fine" in ds.SETTINGS:
+            assert ds.SETTINGS["coarse_to_fine"] == {"train_label": "coarse", "train_classes": None, "test_classes": None}
         assert isinstance(ds.IMAGE_SIZE, int)
         assert ds.NORMALIZE is None or all(len(v) == 3 for v in ds.NORMALIZE)
         assert set(ds.TRANSFORMS) == {"train", "view", "eval"} and set(ds.TRANSFORMS.values()) <= set(AUGMENTS)
@@ -131,6 +138,11 @@ def test_every_dataset_has_the_interface():
     assert fashion_mnist.TRANSFORMS == {"train": "none", "view": "crop_flip", "eval": "none"}
     assert cifar100.IMAGE_SIZE == 32 and cifar100.NORMALIZE == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
     assert cifar100.TRANSFORMS == {"train": "rrc_flip", "view": "flip", "eval": "none"}
+    # Validation-split defaults: vMF's held-out classes for the DML datasets, 15% for its closed-set ones.
+    assert {name: split_defaults(name) for name in DATASETS if split_defaults(name)} == {
+        "cub200": {"val_classes": 15}, "cars196": {"val_classes": 15}, "sop": {"val_classes": 1698},
+        "mnist": {"val_fraction": 0.15}, "cifar10": {"val_fraction": 0.15},
+    }
 
 
 def test_in_memory_and_memmapped_splits(tmp_path):

@@ -4,8 +4,8 @@ import inspect
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import class_batch
 from fgbench.data.samplers import ClassRandomBatchSampler
 from fgbench.errors import ConfigError
 from fgbench.methods import build_method, get_method_class, list_methods, register_method
@@ -20,12 +20,9 @@ def make(name, **params):
 
 
 def fixed_batch():
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(4).repeat_interleave(8)
-    images = torch.rand(32, 1, 28, 28, generator=g) * 0.3
-    images[torch.arange(32), 0, labels * 6 + 2, :] += 0.7  # the class is visible
-    view2 = images.flip(-1) + 0.05 * torch.rand(32, 1, 28, 28, generator=g)  # a second "augmented" view
-    return {"images": images, "view2": view2, "labels": labels, "index": torch.arange(32)}
+    batch = class_batch(32)
+    noise = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    return {**batch, "view2": batch["images"].flip(-1) + 0.05 * noise}  # a second "augmented" view
 
 
 def queue_state(method):
@@ -34,7 +31,7 @@ def queue_state(method):
 
 def test_registry():
     assert {"supervised_coarse", "triplet"} <= set(list_methods())
-    with pytest.raises(ConfigError, match="unknown method 'nope'; valid methods: ancor, moco, scgm_a, scgm_g, supervised_coarse, triplet"):
+    with pytest.raises(ConfigError, match="unknown method 'nope'; valid methods: ancor, .*, triplet"):
         get_method_class("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_method("triplet")(type("Dup", (), {}))
@@ -99,31 +96,6 @@ def test_supervised_coarse_is_cross_entropy():
     torch.testing.assert_close(loss, expected)
 
 
-def test_triplet_loss_against_hand_computation():
-    """RevDML: mean over mined triplets of relu(|a-p|^2 - |a-n|^2 + margin), zeros included."""
-    method = make("triplet", margin=0.2)
-    angles = torch.tensor([0.0, 20.0, 40.0, 60.0, 80.0]) * torch.pi / 180
-    emb = torch.stack([torch.cos(angles), torch.sin(angles)], 1)
-    labels = torch.tensor([0, 0, 1, 1, 2])
-    triplets = (torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 3, 2]), torch.tensor([2, 4, 4, 0]))
-    got = method.loss(emb, labels, triplets)
-    terms = []
-    for a, p, n in zip(*triplets):
-        terms.append(max(0.0, ((emb[a] - emb[p]) ** 2).sum() - ((emb[a] - emb[n]) ** 2).sum() + 0.2))
-    expected = sum(terms) / len(terms)
-    assert any(t == 0 for t in terms)  # the mean includes the zero terms (pml would drop them)
-    assert got.item() == pytest.approx(float(expected), abs=1e-6)
-
-
-def test_distance_weighted_miner_triplets_are_valid():
-    method = make("triplet")
-    emb = F.normalize(torch.randn(40, 16, generator=torch.Generator().manual_seed(1)), dim=1)
-    labels = torch.arange(5).repeat_interleave(8)
-    a, p, n = method.miner(emb, labels)
-    assert len(a) == 40  # one triplet per anchor
-    assert (labels[a] == labels[p]).all() and (a != p).all() and (labels[a] != labels[n]).all()
-
-
 def test_class_random_sampler_composition():
     labels = torch.arange(5).repeat_interleave(20)
     make_sampler = lambda seed: ClassRandomBatchSampler(  # noqa: E731
@@ -150,20 +122,3 @@ def test_small_cnn_width():
     assert net.out_dim == 240 and net.features[0].out_channels == 12
     with pytest.raises(ConfigError, match="unknown backbone 'vgg'"):
         get_backbone("vgg")
-
-
-def test_distance_weighted_miner_samples_inverse_density():
-    """In 3-d, q(d)^-1 is proportional to 1/d: negatives at distance 0.6, 1.2, 1.8 from the
-    anchor are drawn with probabilities proportional to 1/0.6, 1/1.2, 1/1.8."""
-    method = make("triplet")
-    dists = torch.tensor([0.6, 1.2, 1.8])
-    theta = 2 * torch.asin(dists / 2)  # chord length d on the unit circle
-    emb = torch.cat([torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]), torch.stack([torch.cos(theta), torch.sin(theta), 0 * theta], 1)])
-    labels = torch.tensor([0, 0, 1, 1, 1])
-    torch.manual_seed(0)
-    counts = torch.zeros(5)
-    for _ in range(3000):
-        a, _, n = method.miner(emb, labels)
-        counts += torch.bincount(n[a == 0], minlength=5)
-    expected = (1 / dists) / (1 / dists).sum()
-    torch.testing.assert_close(counts[2:] / counts.sum(), expected, atol=0.02, rtol=0)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fgbench.io import atomic_path, atomic_write_bytes, atomic_write_text
 from fgbench.report import load_metrics, plot_protocol, summarise, write_summary
-from fgbench.report.tables import coarse_to_fine_tables, format_c2f_markdown, write_c2f_tables
+from fgbench.report.tables import coarse_to_fine_tables, format_markdown_tables, paper_tables, write_paper_tables
 
 T975_2DOF = 4.302653  # scipy.stats.t.ppf(0.975, 2)
 
@@ -185,34 +185,42 @@ def test_coarse_to_fine_table_cells(c2f_summary):
                                           "intra-class (ANCOR, ≤5 ways)": "—", "intra-class (SCGM, all subclasses)": "—"}]
 
 
-def test_coarse_to_fine_files(c2f_summary, tmp_path):
-    write_c2f_tables(c2f_summary, tmp_path / "c2f.csv", tmp_path / "c2f.md")
-    md = (tmp_path / "c2f.md").read_text(encoding="utf-8")
+def test_paper_table_files(c2f_summary, tmp_path):
+    write_paper_tables(c2f_summary, tmp_path)
+    md = (tmp_path / "coarse_to_fine.md").read_text(encoding="utf-8")
     assert md.index("## cifar100") < md.index("## living17") and "## cub" not in md
     assert "| method | layer | 5-way | all-way | intra-class (ANCOR, ≤5 ways) | intra-class (SCGM, all subclasses) | 5-way 5-shot |" in md
     assert "| ancor | backbone | 89.23 ± 0.55 | 45.14 ± 0.12 | — | 70.00 ± 1.00 | — |" in md
-    csv = pd.read_csv(tmp_path / "c2f.csv", keep_default_na=False)
+    csv = pd.read_csv(tmp_path / "coarse_to_fine.csv", keep_default_na=False)
     assert list(csv.columns[:3]) == ["dataset", "method", "layer"] and len(csv) == 5
     assert csv.query("dataset == 'living17' and method == 'ens'")["5-way"].item() == "90.00 ± 0.10"
-    # No coarse_to_fine anywhere: the files still appear, saying so.
-    write_c2f_tables(c2f_summary[c2f_summary["setting"] == "open_set"], tmp_path / "e.csv", tmp_path / "e.md")
-    assert "No dataset in this benchmark has a coarse_to_fine setting." in (tmp_path / "e.md").read_text(encoding="utf-8")
-    assert pd.read_csv(tmp_path / "e.csv").empty
-    assert format_c2f_markdown({}).startswith("# Coarse-to-fine")
+    # the retrieval table has the one retrieval row, with its setting; no closed-set run: said so
+    retrieval = pd.read_csv(tmp_path / "retrieval.csv", keep_default_na=False, dtype=str)
+    assert retrieval.to_dict("records") == [{"dataset": "living17", "setting": "coarse_to_fine", "method": "scgm_g",
+                                             "layer": "head", "MAP@R": "—", "R-Precision": "—", "NMI": "—", "R@1": "50.00"}]
+    assert "No run of this benchmark has a closed_set setting" in (tmp_path / "closed_set.md").read_text(encoding="utf-8")
+    assert format_markdown_tables({}, "coarse_to_fine").startswith("# Coarse-to-fine")
 
 
-def test_cli_aggregate_writes_the_coarse_to_fine_table(metric_files, tmp_path):
+def test_closed_set_table_cells():
+    rows = [_summary_row("mnist", "closed_set", m, "probs", "closed_set", v, 0.002, float("nan"), metric=metric)
+            for m, metric, v in (("vmf", "accuracy", 0.9912), ("vmf", "ece", 0.0031), ("softmax", "accuracy", 0.99))]
+    table = paper_tables(pd.DataFrame(rows), "closed_set")["mnist"]
+    assert table.to_dict("records") == [
+        {"method": "softmax", "layer": "probs", "accuracy": "99.00 ± 0.20", "ECE": "—"},
+        {"method": "vmf", "layer": "probs", "accuracy": "99.12 ± 0.20", "ECE": "0.31 ± 0.20"}]
+
+
+def test_cli_tables_writes_the_papers_tables(metric_files, tmp_path):
     from fgbench.cli import main
 
     out = tmp_path / "tables"
-    argv = ["aggregate", "--csv", str(out / "summary.csv"), "--markdown", str(out / "summary.md"),
-            "--c2f-csv", str(out / "c2f.csv"), "--c2f-markdown", str(out / "c2f.md"), *map(str, metric_files)]
+    argv = ["aggregate", "--csv", str(out / "summary.csv"), "--markdown", str(out / "summary.md"), *map(str, metric_files)]
     assert main(argv) == 0
-    md = (out / "c2f.md").read_text(encoding="utf-8")
+    assert main(["tables", "--summary", str(out / "summary.csv"), "--out-dir", str(out)]) == 0
+    md = (out / "coarse_to_fine.md").read_text(encoding="utf-8")
     assert "## cub" in md and f"| proto | head | 60.00 ± {100 * T975_2DOF * 0.1 / math.sqrt(3):.2f} | — |" in md
-    alone = ["aggregate", "--csv", str(tmp_path / "s.csv"), "--markdown", str(tmp_path / "s.md"),
-             "--c2f-csv", str(tmp_path / "x.csv"), *map(str, metric_files)]
-    assert main(alone) == 2 and not (tmp_path / "s.csv").exists()  # both or neither
+    assert {p.name for p in out.iterdir()} >= {f"{k}.{e}" for k in ("coarse_to_fine", "retrieval", "closed_set") for e in ("md", "csv")}
 
 
 @pytest.mark.parametrize("protocol", ["fewshot_5way", "retrieval"])

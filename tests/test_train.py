@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -86,3 +87,33 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data, tmp_path,
         train(run_spec(epochs=3), data, tmp_path)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_label_noise_touches_the_training_labels_only(data, tmp_path, monkeypatch):
+    """The noisy labels are what the batches carry; validation keeps the clean labels."""
+    from fgbench.train import loop
+
+    seen = {}
+    original_labels, original_score = loop.training_labels, loop._validation_score
+
+    def record_batches(self, batch):
+        seen.setdefault("train", []).append((batch["index"].clone(), batch["labels"].clone()))
+        return original(self, batch)
+
+    def record_score(method, spec, val, device):
+        seen["val"] = loop.training_labels(spec, val)[1]
+        return original_score(method, spec, val, device)
+
+    original = Triplet.training_step
+    monkeypatch.setattr(Triplet, "training_step", record_batches)
+    monkeypatch.setattr(loop, "_validation_score", record_score)
+    spec = run_spec(epochs=1, label_noise=0.4, sampler="random")
+    train(spec, data, tmp_path)
+    split = loop.load_prepared(data).splits["train"].with_classes(spec["setting_def"]["train_classes"])
+    clean = original_labels(spec, split)[1].numpy()
+    noisy = loop.symmetric_label_noise(clean, 0.4, spec["seed"])
+    assert 0.3 < (noisy != clean).mean() < 0.5
+    index, labels = (torch.cat(parts).numpy() for parts in zip(*seen["train"]))
+    assert np.array_equal(labels, noisy[index])  # each image carries its noisy label
+    assert len(index) == len(clean) // 112 * 112
+    assert torch.equal(seen["val"], original_labels(spec, loop.load_prepared(data).splits["val"].with_classes([0, 1, 2, 3, 4]))[1])

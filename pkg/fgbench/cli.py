@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|report|tsne``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne``: what the Snakemake rules call.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
@@ -91,19 +91,23 @@ def cmd_combine(args):
 
 
 def cmd_aggregate(args):
-    from .report import load_metrics, summarise, write_c2f_tables, write_summary
+    from .report import load_metrics, summarise, write_summary
 
-    if bool(args.c2f_csv) != bool(args.c2f_markdown):
-        raise FgbenchError("--c2f-csv and --c2f-markdown go together")
     ensure_writable(args.csv)
     try:
         metrics = load_metrics(args.metrics)
     except ValueError as e:  # a malformed metrics file: the message names it
         raise FgbenchError(str(e)) from e
-    summary = summarise(metrics)
-    write_summary(summary, args.csv, args.markdown)
-    if args.c2f_csv:
-        write_c2f_tables(summary, args.c2f_csv, args.c2f_markdown)
+    write_summary(summarise(metrics), args.csv, args.markdown)
+
+
+def cmd_tables(args):
+    import pandas as pd
+
+    from .report import write_paper_tables
+
+    ensure_writable(Path(args.out_dir) / "summary.csv")
+    write_paper_tables(pd.read_csv(args.summary), args.out_dir)
 
 
 def cmd_tsne(args):
@@ -172,13 +176,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_combine)
 
-    s = sub.add_parser("aggregate", help="metrics JSON files -> summary.csv and summary.md (+ coarse-to-fine table)")
+    s = sub.add_parser("aggregate", help="metrics JSON files -> summary.csv and summary.md")
     s.add_argument("--csv", required=True)
     s.add_argument("--markdown", required=True)
-    s.add_argument("--c2f-csv", help="also write the papers' coarse-to-fine table as CSV here")
-    s.add_argument("--c2f-markdown", help="... and as Markdown here")
     s.add_argument("metrics", nargs="+")
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("tables", help="summary.csv -> the papers' tables (coarse_to_fine, retrieval, closed_set)")
+    s.add_argument("--summary", required=True)
+    s.add_argument("--out-dir", required=True, help="writes {coarse_to_fine,retrieval,closed_set}.{csv,md} here")
+    s.set_defaults(func=cmd_tables)
 
     s = sub.add_parser("report", help="one plot of one protocol from summary.csv")
     s.add_argument("--summary", required=True)

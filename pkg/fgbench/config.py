@@ -7,6 +7,7 @@ exactly what one job needs, so a Snakemake job reruns only when its own inputs c
 
 import copy
 import hashlib
+import inspect
 import json
 
 from .errors import ConfigError
@@ -21,9 +22,11 @@ TRAIN_DEFAULTS = {
     "lr": 1e-3,
     "weight_decay": 0.0,
     "momentum": 0.9,  # sgd only
+    "nesterov": False,  # sgd only
     "sampler": "random",  # random | class_random (RevDML: classes x samples_per_class)
     "samples_per_class": 2,
     "augment": None,  # a name in fgbench.data.transforms.AUGMENTS; None: the dataset's default
+    "label_noise": 0.0,  # symmetric noise on the training labels (LSD's noisy-label runs), seeded by the run's seed
     "schedule": "constant",  # constant | cosine (restarted `cycles` times: ANCOR/SCGM use 10)
     "cycles": 1,
     "amp": True,  # mixed precision, used on CUDA only
@@ -37,6 +40,9 @@ DATASET_DEFAULTS = {
     "breeds_split": None,  # BREEDS: None (SCGM/ANCOR: all subclasses) | rand | good | bad (source/target)
     "val_root": None,  # BREEDS: ImageNet val sorted into wnid folders; None: <root>/val
     "val_fraction": 0.1,
+    # Held-out training classes for model selection (vMF's open-set protocol); None: the dataset's
+    # default (cub200 15, cars196 15, sop 1698, else none); 0: none, val_fraction of the images instead.
+    "val_classes": None,
     "split_seed": 0,
     "max_images_per_class": None,  # {train: n, val: n, test: n}: caps for quick runs and tests
     "backbone": {"name": "small_cnn"},
@@ -79,9 +85,12 @@ def _check_train(train: dict, key: str):
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{key}'; valid keys: {', '.join(TRAIN_DEFAULTS)}")
     for name in ("epochs", "batch_size", "samples_per_class", "cycles"):
         _positive_int(train[name], f"{key}.{name}")
+    if not isinstance(train["label_noise"], (int, float)) or not 0 <= train["label_noise"] < 1:
+        raise ConfigError(f"config key '{key}.label_noise' must be in [0, 1), got {train['label_noise']!r}")
     if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
         raise ConfigError(f"config key '{key}.lr' must be a positive number, got {train['lr']!r}")
     _one_of(train["optimizer"], ("adam", "sgd"), f"{key}.optimizer")
+    _one_of(train["nesterov"], (False, True), f"{key}.nesterov")
     _one_of(train["sampler"], ("random", "class_random"), f"{key}.sampler")
     if train["augment"] is not None:
         _one_of(train["augment"], _augment_names(), f"{key}.augment")
@@ -106,6 +115,8 @@ def _check_protocol(name: str, proto: dict, views: int):
         if proto["n_aug"] > views:
             raise ConfigError(f"'{key}.n_aug' = {proto['n_aug']} exceeds embed.views = {views}; raise embed.views")
         _one_of(proto["classifier"], CLASSIFIERS, f"{key}.classifier")
+    elif proto["kind"] == "closed_set":
+        _positive_int(proto["ece_bins"], f"{key}.ece_bins")
     else:
         for k in proto["recall_k"]:
             _positive_int(k, f"{key}.recall_k")
@@ -145,12 +156,23 @@ def _resolve_methods(cfg: dict, methods: dict) -> dict:
     used = {m for settings in cfg["benchmark"].values() for ms in settings.values() for m in ms or []}
     resolved = {name: _merge(METHOD_DEFAULTS, methods.get(name)) for name in sorted(used | set(methods))}
     for name, m in resolved.items():
-        m["embed_layer"] = _layers(name, m["embed_layer"], get_method_class(name))
+        cls = get_method_class(name)
+        m["embed_layer"] = _layers(name, m["embed_layer"], cls)
+        _check_params(name, m["params"], cls)
     for dataset, ds in cfg["datasets"].items():  # every merged train section, before any job runs
         _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
         for name, m in resolved.items():
             _check_train(_merge(_merge(cfg["train"], ds["train"]), m["train"]), f"methods.{name}.train")
     return resolved
+
+
+def _check_params(method: str, params: dict, cls) -> None:
+    """A misspelt method parameter stops the workflow before any job, naming the valid ones."""
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "backbone")]
+    unknown = sorted(set(params or {}) - set(accepted))
+    if unknown:
+        valid = [p for p in accepted if p not in ("num_classes", "num_samples", "epochs")]
+        raise ConfigError(f"unknown parameter(s) {unknown} in 'methods.{method}.params'; valid: {', '.join(valid)}")
 
 
 def _layers(method: str, layer, cls) -> list:
@@ -167,12 +189,12 @@ def _layers(method: str, layer, cls) -> list:
 
 def _resolve_datasets(cfg: dict) -> dict:
     """Each dataset's section with defaults; transforms left at None take the dataset's own."""
-    from .data import get_dataset
+    from .data import get_dataset, split_defaults
 
     datasets = cfg.get("datasets") or {}
     resolved = {}
     for name in cfg["benchmark"]:
-        ds = _merge(DATASET_DEFAULTS, datasets.get(name))
+        ds = _merge(_merge(DATASET_DEFAULTS, split_defaults(name)), datasets.get(name))
         if not 0 < ds["val_fraction"] < 1:
             raise ConfigError(f"config key 'datasets.{name}.val_fraction' must be in (0, 1), got {ds['val_fraction']}")
         transforms = get_dataset(name).TRANSFORMS
@@ -241,9 +263,18 @@ def runs(cfg: dict):
     ]
 
 
+def protocols_for(cfg: dict, setting: str, method: str) -> list:
+    """The protocols a run is evaluated with: every configured one, except that closed-set
+    accuracy needs a closed_set setting and a method that embeds class probabilities."""
+    return [
+        name for name, proto in cfg["protocols"].items()
+        if proto["kind"] != "closed_set" or (setting == "closed_set" and "probs" in cfg["methods"][method]["embed_layer"])
+    ]
+
+
 def prepare_spec(cfg: dict, dataset: str) -> dict:
     ds = cfg["datasets"][dataset]
-    keys = ("root", "download_dir", "val_fraction", "split_seed", "max_images_per_class",
+    keys = ("root", "download_dir", "val_fraction", "val_classes", "split_seed", "max_images_per_class",
             "hierarchy_dir", "breeds_split", "val_root")
     return {"dataset": dataset, **{k: ds[k] for k in keys}}
 

@@ -22,7 +22,7 @@ RUN_DIR = "{dataset}/{setting}/{method}/seed{seed}"
 METRICS = [
     f"results/metrics/{d}/{s}/{m}/seed{seed}/{p}.json"
     for d, s, m, seed in RUNS
-    for p in PROTOCOLS
+    for p in fgconfig.protocols_for(CFG, s, m)
 ]
 PLOTS = expand("results/plots/{protocol}.png", protocol=PROTOCOLS)
 
@@ -73,6 +73,7 @@ def alternatives(names):
 # Rule evaluate makes results/metrics/{...}/{method}/..., rule combine the same path with a
 # combination's name; the method and combination patterns keep the two rules apart (a
 # combination may not be named like a method: fgbench.evaluate.combine.validate_combinations).
+PAPER_TABLES = ("coarse_to_fine", "retrieval", "closed_set")  # fgbench.report.tables.TABLES
 COMBINATIONS = {c["name"]: c for c in CFG["combinations"]}
 FEWSHOT_PROTOCOLS = [p for p in PROTOCOLS if CFG["protocols"][p]["kind"] == "fewshot"]
 METHOD_PATTERN = alternatives({method for _, _, method, _ in RUNS})
@@ -84,7 +85,12 @@ COMBINED_METRICS = [
     for p in FEWSHOT_PROTOCOLS
 ]
 ALL_METRICS = METRICS + COMBINED_METRICS
-TSNE_PLOTS = [f"results/plots/tsne/{d}/{s}/{m}/seed{seed}.png" for d, s, m, seed in RUNS] if CFG["report"]["tsne"] else []
+# t-SNE maps of the coarse-to-fine runs: coloured by coarse and by fine label.
+TSNE_PLOTS = [
+    f"results/plots/tsne/{d}/{s}/{m}/seed{seed}.png"
+    for d, s, m, seed in RUNS
+    if CFG["report"]["tsne"] and s == "coarse_to_fine"
+]
 
 
 def combination_embeddings(wildcards):

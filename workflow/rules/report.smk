@@ -2,6 +2,7 @@
 # `snakemake --report` collects them.
 localrules:
     aggregate,
+    tables,
     plot,
 
 
@@ -19,16 +20,6 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Tables",
         ),
-        c2f_csv=report(
-            "results/tables/coarse_to_fine.csv",
-            caption="../report/coarse_to_fine.rst",
-            category="Tables",
-        ),
-        c2f_markdown=report(
-            "results/tables/coarse_to_fine.md",
-            caption="../report/coarse_to_fine.rst",
-            category="Tables",
-        ),
     log:
         "results/logs/aggregate.log",
     benchmark:
@@ -36,8 +27,33 @@ rule aggregate:
     conda:
         "../../envs/fgbench.yaml"
     shell:
-        "fgbench aggregate --csv {output.csv} --markdown {output.markdown} "
-        "--c2f-csv {output.c2f_csv} --c2f-markdown {output.c2f_markdown} {input} > {log} 2>&1"
+        "fgbench aggregate --csv {output.csv} --markdown {output.markdown} {input} > {log} 2>&1"
+
+
+# The papers' tables: coarse-to-fine few-shot, retrieval, closed-set accuracy and calibration.
+rule tables:
+    input:
+        summary=rules.aggregate.output.csv,
+    output:
+        [
+            report(
+                f"results/tables/{kind}.{ext}",
+                caption=f"../report/{kind}.rst",
+                category="Tables",
+            )
+            for kind in PAPER_TABLES
+            for ext in ("md", "csv")
+        ],
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    log:
+        "results/logs/tables.log",
+    benchmark:
+        "results/benchmarks/tables.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench tables --summary {input.summary} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule plot:

@@ -1,18 +1,29 @@
 """Datasets: every one becomes images plus fine and coarse labels in train / val / test.
 
 ``prepare`` turns a dataset's official files into one ``data.npz`` (the validation split is
-carved from train here, stratified and seeded, so every method and seed selects models on
-the same images); ``load_prepared`` reads it back. Torch-free.
+carved from train here, seeded, so every method and seed selects models on the same images);
+``load_prepared`` reads it back. Torch-free.
 
-The validation split is ``val_fraction`` of the official training images, for every dataset
-(BREEDS and tieredImageNet too). The seed codebases differ: ANCOR trains on 100% of the
-training images (and selects on the test partition); SCGM shuffles them with
-``sklearn.utils.shuffle(random_state=1000)`` and trains on the first 90%.
+The validation split is one of two kinds (config ``datasets.<name>.val_fraction`` /
+``val_classes``; :func:`split_defaults` gives a dataset's own defaults):
+
+- ``val_classes`` None (the dataset's default, ``VAL_CLASSES``) or 0, and ``val_fraction``: that
+  fraction of the official training images, stratified by fine class (Fashion-MNIST, CIFAR,
+  BREEDS, tieredImageNet: 0.1; MNIST and CIFAR-10: ``VAL_FRACTION`` 0.15, as vMF). The seed
+  codebases differ: ANCOR trains on 100% of the training images (and selects on the test
+  partition); SCGM shuffles them with ``sklearn.utils.shuffle(random_state=1000)`` and trains on
+  the first 90%.
+- ``val_classes`` n > 0: n training classes held out (a draw seeded by ``split_seed``), all
+  their images in ``val`` and none in ``train`` (vMF's open-set protocol: CUB 15, Cars 15, SOP
+  1,698 classes, the defaults of those datasets; set 0 to use ``val_fraction`` instead). Only
+  for datasets whose official train split holds nothing but training classes (every setting's
+  ``train_classes`` None), so the ``test`` split holds only the test classes.
 
 A dataset object (a module, or an object in ``DATASETS``) exposes ``NAME``, ``SETTINGS``
 (setting -> {train_label, train_classes, test_classes}), ``IMAGE_SIZE``, ``NORMALIZE``
 ((mean, std) or None), ``TRANSFORMS`` ({train, view, eval}: augmentation names of
-``fgbench.data.transforms``) and ``read(cfg)``, which returns a dict::
+``fgbench.data.transforms``), optionally ``VAL_FRACTION`` / ``VAL_CLASSES`` (its validation
+split defaults) and ``read(cfg)``, which returns a dict::
 
     {"train": (images, fine), "test": (images, fine),
      "fine_to_coarse": int array, "fine_names": [...], "coarse_names": [...]}
@@ -38,11 +49,11 @@ from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
-from . import cifar100, fashion_mnist, imagenet, tiered
+from . import cars, cifar10, cifar100, cub, fashion_mnist, imagenet, mnist, sop, tiered
 from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, write_npy
 
 __all__ = [
-    "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "prepare", "load_prepared",
+    "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "split_defaults", "prepare", "load_prepared",
     "ImageFiles", "is_in_memory",
 ]
 
@@ -51,6 +62,11 @@ DATASETS = {
     cifar100.NAME: cifar100,
     **imagenet.DATASETS,
     tiered.NAME: tiered,
+    mnist.NAME: mnist,
+    cifar10.NAME: cifar10,
+    cub.NAME: cub,
+    cars.NAME: cars,
+    sop.NAME: sop,
 }
 SPLITS = ("train", "val", "test")
 FIELDS = ("fine", "coarse", "index")
@@ -60,6 +76,14 @@ def get_dataset(name):
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; valid datasets: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
+
+
+def split_defaults(name: str) -> dict:
+    """The validation-split defaults dataset ``name`` sets itself (``val_fraction`` from its
+    ``VAL_FRACTION``, ``val_classes`` from its ``VAL_CLASSES``); the keys it does not set are absent."""
+    module = get_dataset(name)
+    own = {"val_fraction": getattr(module, "VAL_FRACTION", None), "val_classes": getattr(module, "VAL_CLASSES", None)}
+    return {k: v for k, v in own.items() if v is not None}
 
 
 @dataclass
@@ -121,6 +145,44 @@ def _check_raw(name: str, raw: dict) -> np.ndarray:
     return fine_to_coarse
 
 
+def _held_out_classes(fine: np.ndarray, count: int, seed) -> tuple:
+    """``(train_idx, val_idx)``: every image of ``count`` classes drawn with ``seed`` goes to val."""
+    held = np.random.default_rng(seed).choice(np.unique(fine), size=count, replace=False)
+    is_val = np.isin(fine, held)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _validation_split(name: str, module, cfg: dict, fine: np.ndarray) -> tuple:
+    """``(train_idx, val_idx)`` into the official training images (see the module docstring)."""
+    own = split_defaults(name)
+    val_classes = cfg.get("val_classes")
+    val_classes = own.get("val_classes") if val_classes is None else val_classes
+    if val_classes:
+        key = f"datasets.{name}.val_classes"
+        n_classes = len(np.unique(fine))
+        if isinstance(val_classes, bool) or not isinstance(val_classes, (int, np.integer)) or val_classes < 0:
+            raise ConfigError(f"config key '{key}' must be a non-negative integer, got {val_classes!r}")
+        if val_classes >= n_classes:
+            raise ConfigError(f"config key '{key}' = {val_classes} holds out every one of the {n_classes} training "
+                              "classes; use fewer")
+        mixed = [s for s, d in module.SETTINGS.items() if d["train_classes"] is not None]
+        if mixed:
+            raise ConfigError(f"config key '{key}' = {val_classes}: setting(s) {', '.join(mixed)} of '{name}' pick "
+                              "training classes from the train split, so held-out classes would mix with them; "
+                              f"set {key}: 0 and use val_fraction")
+        return _held_out_classes(fine, int(val_classes), cfg["split_seed"])
+    val_fraction = cfg.get("val_fraction")
+    val_fraction = own.get("val_fraction") if val_fraction is None else val_fraction
+    if val_fraction is None:
+        raise ConfigError(f"config key 'datasets.{name}.val_fraction' is not set (nor val_classes)")
+    try:
+        return train_test_split(
+            np.arange(len(fine)), test_size=val_fraction, stratify=fine, random_state=cfg["split_seed"]
+        )
+    except ValueError as e:  # too few images for a stratified split
+        raise ConfigError(f"datasets.{name}.val_fraction = {val_fraction} gives no stratified split: {e}") from e
+
+
 def prepare(name: str, cfg: dict, out_path) -> None:
     """Read dataset ``name`` from disk (see its module) and write the prepared ``data.npz``.
 
@@ -132,12 +194,7 @@ def prepare(name: str, cfg: dict, out_path) -> None:
     fine_to_coarse = _check_raw(name, raw)
     images, fine = raw["train"]
     fine = np.asarray(fine, dtype=np.int64)
-    try:
-        train_idx, val_idx = train_test_split(
-            np.arange(len(fine)), test_size=cfg["val_fraction"], stratify=fine, random_state=cfg["split_seed"]
-        )
-    except ValueError as e:  # too few images for a stratified split
-        raise ConfigError(f"datasets.{name}.val_fraction = {cfg['val_fraction']} gives no stratified split: {e}") from e
+    train_idx, val_idx = _validation_split(name, module, cfg, fine)
     test_images, test_fine = raw["test"]
     test_fine = np.asarray(test_fine, dtype=np.int64)
     splits = {

@@ -80,15 +80,19 @@ ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 LAYOUT = f"{FOLDER}/{{{','.join(FILES)}}}"
 
 
-def _resolve(folder: Path):
-    """``folder`` itself or its ``cifar-100-python/`` child, whichever holds the three pickles."""
-    for candidate in (folder / FOLDER, folder):
-        if all((candidate / name).is_file() for name in FILES):
+# --------------------------------------------------------------------------- CIFAR helpers
+# Shared with fgbench.data.cifar10: an archive extracting to one folder of Python-2 pickles.
+
+
+def resolve_folder(folder: Path, name: str, files) -> Path:
+    """``folder/name`` or ``folder`` itself, whichever holds every one of ``files``; None if neither."""
+    for candidate in (Path(folder) / name, Path(folder)):
+        if all((candidate / f).is_file() for f in files):
             return candidate
     return None
 
 
-def _md5(path: Path) -> str:
+def md5_file(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -96,16 +100,17 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(folder: Path) -> Path:
-    """Fetch the official archive into ``folder``, check its md5, extract it; return the data folder."""
+def download_archive(folder: Path, url: str, archive_name: str, md5: str, name: str, files) -> Path:
+    """Fetch ``url`` into ``folder/archive_name``, check its md5, extract it; return ``folder/name``."""
     folder.mkdir(parents=True, exist_ok=True)
-    archive = folder / ARCHIVE
-    if not archive.is_file() or _md5(archive) != ARCHIVE_MD5:
+    archive = folder / archive_name
+    if not archive.is_file() or md5_file(archive) != md5:
         with atomic_path(archive) as tmp:
-            urllib.request.urlretrieve(URL, tmp)
-            digest = _md5(tmp)
-            if digest != ARCHIVE_MD5:
-                raise DataError(f"downloaded {ARCHIVE} has md5 {digest}, expected {ARCHIVE_MD5}")
+            urllib.request.urlretrieve(url, tmp)
+            digest = md5_file(tmp)
+            if digest != md5:
+                raise DataError(f"downloaded {archive_name} has md5 {digest}, expected {md5}")
+    layout = f"{name}/{{{','.join(files)}}}"
     # Extract next to the target, then move the finished folder into place.
     with tempfile.TemporaryDirectory(dir=folder, prefix=".extract.") as tmp:
         try:
@@ -113,51 +118,96 @@ def download(folder: Path) -> Path:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"{archive} could not be extracted: {e}") from e
-        extracted = _resolve(Path(tmp))
+        extracted = resolve_folder(Path(tmp), name, files)
         if extracted is None:
-            raise DataError(f"{archive} does not contain {LAYOUT}")
-        target = folder / FOLDER
-        if _resolve(target) is None:
+            raise DataError(f"{archive} does not contain {layout}")
+        target = folder / name
+        if resolve_folder(target, name, files) is None:
             if target.exists():
-                raise DataError(f"{target} exists but lacks some of {', '.join(FILES)}; remove it and retry")
+                raise DataError(f"{target} exists but lacks some of {', '.join(files)}; remove it and retry")
             extracted.rename(target)
     return target
 
 
-def locate(root=None, download_dir="resources/cifar100", allow_download=True) -> Path:
-    """Return the ``cifar-100-python`` folder holding train, test and meta, or stop with the paths tried."""
+def locate_folder(title: str, key: str, root, download_dir, allow_download: bool, download,
+                  name: str, files, url: str, archive_name: str) -> Path:
+    """The folder holding ``files``: under ``root`` when set (else an error naming it), else under
+    ``download_dir``, else ``download()``; stops with every path tried."""
+    layout = f"{name}/{{{','.join(files)}}}"
     if root is not None:
-        found = _resolve(Path(root))
+        found = resolve_folder(Path(root), name, files)
         if found is not None:
             return found
         raise DataError(
-            f"CIFAR-100 not found in datasets.cifar100.root = {root}: tried {Path(root) / FOLDER} and {root}, "
-            f"expected {LAYOUT} (the extracted {ARCHIVE}) in the first or train, test, meta in the second"
+            f"{title} not found in datasets.{key}.root = {root}: tried {Path(root) / name} and {root}, "
+            f"expected {layout} (the extracted {archive_name}) in the first or {', '.join(files)} in the second"
         )
-    found = _resolve(Path(download_dir))
+    found = resolve_folder(Path(download_dir), name, files)
     if found is not None:
         return found
-    found, reason = try_download(lambda: download(Path(download_dir)), allow_download)
+    found, reason = try_download(download, allow_download)
     if found is not None:
         return found
     raise DataError(
-        f"CIFAR-100 not found: tried {Path(download_dir) / FOLDER}, {download_dir}, and the official "
-        f"download of {URL} ({reason}); set datasets.cifar100.root to a folder holding {LAYOUT}"
+        f"{title} not found: tried {Path(download_dir) / name}, {download_dir}, and the official "
+        f"download of {url} ({reason}); set datasets.{key}.root to a folder holding {layout}"
     )
 
 
-def _read_pickle(path: Path, keys) -> dict:
+def read_pickle(path: Path, keys, what: str = "CIFAR-100") -> dict:
+    """A Python-2 pickle of a dict holding ``keys``; ``DataError`` naming ``path`` otherwise."""
     try:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="latin1")
     except Exception as e:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, ...
-        raise DataError(f"{path} is not a readable CIFAR-100 pickle ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path} is not a readable {what} pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise DataError(f"{path} holds a {type(obj).__name__}, expected a dict with keys {', '.join(keys)}")
     missing = [k for k in keys if k not in obj]
     if missing:
         raise DataError(f"{path} lacks the key(s) {', '.join(missing)}")
     return obj
+
+
+def int_labels(raw: dict, key: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(raw[key], dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: labels are not integers ({e})") from e
+
+
+def rows_to_images(data, path: Path) -> np.ndarray:
+    """(N, 3072) uint8 rows (the R, G and B 32x32 planes in turn) -> (N, 32, 32, 3) HWC images."""
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CHW -> HWC
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+def _resolve(folder: Path):
+    """``folder`` itself or its ``cifar-100-python/`` child, whichever holds the three pickles."""
+    return resolve_folder(folder, FOLDER, FILES)
+
+
+_md5 = md5_file
+
+
+def download(folder: Path) -> Path:
+    """Fetch the official archive into ``folder``, check its md5, extract it; return the data folder."""
+    return download_archive(folder, URL, ARCHIVE, ARCHIVE_MD5, FOLDER, FILES)
+
+
+def locate(root=None, download_dir="resources/cifar100", allow_download=True) -> Path:
+    """Return the ``cifar-100-python`` folder holding train, test and meta, or stop with the paths tried."""
+    return locate_folder("CIFAR-100", NAME, root, download_dir, allow_download,
+                         lambda: download(Path(download_dir)), FOLDER, FILES, URL, ARCHIVE)
+
+
+def _read_pickle(path: Path, keys) -> dict:
+    return read_pickle(path, keys, "CIFAR-100")
 
 
 def load(folder) -> dict:
@@ -175,17 +225,12 @@ def load(folder) -> dict:
     for split in ("train", "test"):
         path = folder / split
         raw = _read_pickle(path, ("data", "fine_labels", "coarse_labels"))
-        data = np.asarray(raw["data"])
-        try:
-            fine = np.asarray(raw["fine_labels"], dtype=np.int64)
-            coarse = np.asarray(raw["coarse_labels"], dtype=np.int64)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{path}: labels are not integers ({e})") from e
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise DataError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
-        if not len(data) == len(fine) == len(coarse) or fine.ndim != 1 or coarse.ndim != 1:
+        images = rows_to_images(raw["data"], path)
+        fine = int_labels(raw, "fine_labels", path)
+        coarse = int_labels(raw, "coarse_labels", path)
+        if not len(images) == len(fine) == len(coarse) or fine.ndim != 1 or coarse.ndim != 1:
             raise DataError(
-                f"{path}: {len(data)} images but {len(fine)} fine and {len(coarse)} coarse labels"
+                f"{path}: {len(images)} images but {len(fine)} fine and {len(coarse)} coarse labels"
             )
         if len(fine) and (fine.min() < 0 or fine.max() >= len(FINE_NAMES)):
             raise DataError(f"{path}: fine labels range {fine.min()}-{fine.max()}, expected 0-99")
@@ -197,7 +242,6 @@ def load(folder) -> dict:
                 f"e.g. image {i}: fine {fine[i]} ({FINE_NAMES[fine[i]]}) has coarse {coarse[i]}, "
                 f"expected {FINE_TO_COARSE[fine[i]]} ({COARSE_NAMES[FINE_TO_COARSE[fine[i]]]})"
             )
-        images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CHW -> HWC
         out[split] = (images, fine)
     return out
 

@@ -73,7 +73,7 @@ class ImageFiles:
     """
 
     FIX = (
-        "re-extract this file from the ImageNet archive (or delete it and rerun `fgbench prepare`, "
+        "re-extract this file from the dataset's archive (or delete it and rerun `fgbench prepare`, "
         "snakemake: delete results/data/<dataset>/data.npz) so the prepared file list matches the disk"
     )
 

@@ -118,10 +118,15 @@ AUGMENTS = {
     "crop_flip": lambda size: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
     # ANCOR's CIFAR pretraining: RandomResizedCrop(scale 0.2-1) and flip only.
     "rrc_flip": lambda size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
+    # RevDML's training augmentation: torchvision's default scale (0.08-1) and flip.
+    "random_resized_crop_flip": lambda size: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
     "flip": lambda size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
     "moco_v2": _moco_v2,
     "moco_v2_noblur": lambda size: _moco_v2(size, blur=False),
     "pad_crop_flip": lambda size: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
+    # vMF's CIFAR training: RandomCrop(32, padding 4, reflect) and flip (its 8x8 occlusion is not applied).
+    "reflect_crop_flip": lambda size: v2.Compose([
+        v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()]),
     "resize_center_crop": lambda size: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
     "resize_random_crop_flip": lambda size: v2.Compose([
         v2.Resize(_resize_size(size), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),

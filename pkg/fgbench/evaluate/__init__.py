@@ -4,7 +4,9 @@ dispatcher that turns an embeddings file into tidy metric rows.
 An embeddings file (``fgbench embed``) holds ``layers`` (layer names, config order) and per
 layer ``features_{layer}`` (N, D) and, for the test split, ``aug_features_{layer}``
 (N, views, D); plus ``fine``, ``coarse``, ``index``, ``fine_names`` and ``coarse_names``.
-Every protocol is evaluated on every layer; each metric row names its layer.
+Every protocol is evaluated on every layer it applies to: ``closed_set`` on the ``probs`` layer
+(class probabilities) only, the other protocols on every other layer; each metric row names its
+layer.
 """
 
 import zipfile
@@ -13,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError
-from .protocols import PROTOCOLS
+from .protocols import PROBS_LAYER, PROTOCOLS
 
 
 def load_embeddings(path) -> dict:
@@ -47,10 +49,18 @@ def layer_features(arrays, layer: str, aug: bool = False):
 
 def evaluate_layer(arrays, layer: str, protocol: dict, device="cpu"):
     """Metrics of one protocol on one layer: [(metric, value, ci95, n)]."""
+    from .closed_set import closed_set_metrics
     from .fewshot import fewshot_accuracy  # torch only when evaluating
     from .retrieval import retrieval_metrics
 
     p = {k: v for k, v in protocol.items() if k not in ("kind", "name")}
+    if protocol["kind"] == "closed_set":
+        probs, labels = layer_features(arrays, layer), np.asarray(arrays["fine"])
+        if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+            raise DataError(f"closed_set: labels must be the classifier's classes 0..{probs.shape[1] - 1}, "
+                            f"got {labels.min()}..{labels.max()} (is this a closed_set run?)")
+        res = closed_set_metrics(probs, labels, ece_bins=p["ece_bins"])
+        return [(metric, value, None, len(labels)) for metric, value in res.items()]
     if protocol["kind"] == "fewshot":
         features, aug = layer_features(arrays, layer, aug=True)
         res = fewshot_accuracy(features, aug, arrays["fine"], arrays["coarse"], device=device, **p)
@@ -59,12 +69,24 @@ def evaluate_layer(arrays, layer: str, protocol: dict, device="cpu"):
     return [(metric, value, None, len(arrays["fine"])) for metric, value in res.items()]
 
 
+def protocol_layers(arrays, protocol: dict) -> list:
+    """The layers of an embeddings file that ``protocol`` evaluates: the ``probs`` layer for
+    ``closed_set`` (a ``DataError`` without one), every other layer for the rest."""
+    layers = layer_names(arrays)
+    if protocol["kind"] != "closed_set":
+        return [layer for layer in layers if layer != PROBS_LAYER]
+    if PROBS_LAYER not in layers:
+        raise DataError(f"the closed_set protocol needs the '{PROBS_LAYER}' layer (class probabilities); "
+                        f"the embeddings file has {', '.join(layers)}: add it to the method's embed_layer")
+    return [PROBS_LAYER]
+
+
 def evaluate_protocol(arrays, protocol: dict, device="cpu"):
-    """Metrics of one protocol on every layer of an embeddings file:
-    [(layer, metric, value, ci95, n)], layers in file order."""
+    """Metrics of one protocol on every layer of an embeddings file it applies to
+    (``protocol_layers``): [(layer, metric, value, ci95, n)], layers in file order."""
     return [
         (layer, *result)
-        for layer in layer_names(arrays)
+        for layer in protocol_layers(arrays, protocol)
         for result in evaluate_layer(arrays, layer, protocol, device)
     ]
 
@@ -86,4 +108,4 @@ def metric_rows(embeddings_path, protocol: dict, run: dict, config_hash: str, de
 
 
 __all__ = ["PROTOCOLS", "evaluate_layer", "evaluate_protocol", "layer_features", "layer_names",
-           "load_embeddings", "metric_rows", "tidy_rows"]
+           "load_embeddings", "metric_rows", "protocol_layers", "tidy_rows"]

@@ -1,8 +1,15 @@
 """The evaluation protocols by name, with their defaults (torch-free, read at DAG time).
 
-A protocol is a kind (``fewshot`` or ``retrieval``) plus parameters; ``config.yaml`` picks
-protocols by name and may override parameters. Definitions: DESIGN.md, "Protocols".
+A protocol is a kind (``fewshot``, ``retrieval`` or ``closed_set``) plus parameters;
+``config.yaml`` picks protocols by name and may override parameters. Definitions: DESIGN.md,
+"Protocols".
+
+``closed_set`` reads only the ``PROBS_LAYER`` of an embeddings file (class probabilities); the
+embedding protocols (few-shot, retrieval) skip that layer: a probability vector is not an
+embedding.
 """
+
+PROBS_LAYER = "probs"
 
 FEWSHOT_DEFAULTS = {
     "n_shot": 1,
@@ -31,6 +38,8 @@ PROTOCOLS = {
         "nmi": True,
         "f1": False,
     },
+    # The vMF paper's closed-set table: accuracy and calibration of the class probabilities.
+    "closed_set": {"kind": "closed_set", "ece_bins": 15},
 }
 
 CLASSIFIERS = ("logreg", "cosine_nn")

@@ -42,10 +42,21 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, batches) -> None:
         """Hook for per-epoch work (SCGM's E-step, LSD's teacher snapshot). ``epoch`` counts from
         0; ``batches()`` iterates once over the whole training set in training batches (same
-        dicts as ``training_step`` gets, augmented, on the model's device)."""
+        dicts as ``training_step`` gets, augmented, on the model's device, random order);
+        ``batches(augment=False)`` gives the plain (eval-transform) images in index order."""
 
     def embed(self, images, layer: str):
         raise NotImplementedError
+
+    def param_groups(self) -> list:
+        """Optimizer parameter groups. A group may set ``lr_scale`` (times ``train.lr``, follows
+        the schedule), an absolute ``lr`` (kept fixed), ``weight_decay`` or ``momentum``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def batch_sampler(self, batch_size: int, generator):
+        """This epoch's batches (lists of training-set indices), called after
+        ``on_epoch_start``; None: the configured sampler (STML builds nearest-neighbour batches)."""
+        return None
 
     def inference_state(self) -> dict:
         """The state dict without the ``training_only`` entries."""
@@ -88,18 +99,22 @@ def get_method_class(name: str):
     return _REGISTRY[name]
 
 
-def build_method(name: str, backbone: nn.Module, *, num_classes: int, num_samples: int, params: dict) -> Method:
+def build_method(name: str, backbone: nn.Module, *, num_classes: int, num_samples: int, epochs: int = 1,
+                 params: dict) -> Method:
     """Build method ``name``; params set to None keep the constructor's (paper) default.
 
     Methods that use labels get ``num_classes``; a method whose constructor takes
-    ``num_samples`` (per-sample state such as SCGM's subclass labels) gets the training-set size.
+    ``num_samples`` (per-sample state such as SCGM's subclass labels) gets the training-set size,
+    one that takes ``epochs`` (LSD's ramp, ArcFace's warm-up) the number of epochs.
     """
     cls = get_method_class(name)
     kwargs = {k: v for k, v in (params or {}).items() if v is not None}
     if cls.labels != "none":
         kwargs["num_classes"] = num_classes
-    if "num_samples" in inspect.signature(cls.__init__).parameters:
-        kwargs["num_samples"] = num_samples
+    accepted = inspect.signature(cls.__init__).parameters
+    for key, value in (("num_samples", num_samples), ("epochs", epochs)):
+        if key in accepted:
+            kwargs[key] = value
     try:
         return cls(backbone, **kwargs)
     except TypeError as e:

@@ -40,24 +40,61 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
-class TorchvisionResNet(nn.Module):
-    """A torchvision ResNet without its classifier: pooled features of size 512 or 2048.
+class TorchvisionBackbone(nn.Module):
+    """A torchvision classification network without its classifier: pooled features (ResNet-18
+    512, ResNet-50 2048, GoogLeNet 1024).
 
-    ``weights`` is passed to ``torchvision.models.get_model`` (None, "DEFAULT", a weights
-    name); weights are never loaded implicitly.
+    Weights are never loaded implicitly: ``weights`` is a torchvision weights name ("DEFAULT",
+    "IMAGENET1K_V1", needs the internet once) and ``weights_file`` a saved state dict of the same
+    architecture (ImageNet weights on an offline machine); the classifier's entries are ignored,
+    every other entry must match. ``frozen_bn`` keeps every BatchNorm in eval mode (running
+    statistics frozen, affine parameters still trained), as RevDML's ``_frozen`` architectures.
     """
 
-    def __init__(self, arch: str, *, weights=None, in_channels: int = 3):
+    def __init__(self, arch: str, *, weights=None, weights_file=None, frozen_bn: bool = False, in_channels: int = 3,
+                 first_conv_3x3: bool = False):
         super().__init__()
-        net = torchvision.models.get_model(arch, weights=weights)
-        if in_channels != 3:
+        extra = {"aux_logits": False, "init_weights": weights is None} if arch == "googlenet" else {}
+        net = torchvision.models.get_model(arch, weights=weights, **extra)
+        if (in_channels != 3 or first_conv_3x3) and arch == "googlenet":
+            raise ConfigError("backbone 'googlenet' takes RGB images and keeps its first convolution")
+        if first_conv_3x3:  # the vMF paper's CIFAR ResNet-50: 3x3 stride-1 stem (its max-pool stays)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.out_dim = net.fc.in_features
         net.fc = nn.Identity()
-        self.net = net
+        if weights_file is not None:
+            load_weights(net, weights_file)
+        self.net, self.frozen_bn = net, frozen_bn
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x):
         return self.net(x)
+
+
+def load_weights(net: nn.Module, path) -> None:
+    """Load a state dict file into ``net`` (classifier entries ``fc.*`` ignored), strictly
+    otherwise; a missing file or a mismatch stops with a message naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(f"backbone weights_file {path} cannot be read ({e}); set backbone.weights_file to a saved state dict") from e
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ
+        missing, unexpected = [str(e).splitlines()[1].strip()], []
+    if missing or unexpected:
+        raise ConfigError(f"backbone weights_file {path} does not fit the architecture: "
+                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 class Normalize(nn.Module):
@@ -76,8 +113,9 @@ class Normalize(nn.Module):
 
 BACKBONES = {
     "small_cnn": SmallCNN,
-    "resnet18": lambda **kw: TorchvisionResNet("resnet18", **kw),
-    "resnet50": lambda **kw: TorchvisionResNet("resnet50", **kw),
+    "resnet18": lambda **kw: TorchvisionBackbone("resnet18", **kw),
+    "resnet50": lambda **kw: TorchvisionBackbone("resnet50", **kw),
+    "googlenet": lambda **kw: TorchvisionBackbone("googlenet", **kw),
     "resnet12": ResNet12,  # CIFAR-100 / tieredImageNet (ANCOR, SCGM); CIFAR needs dropblock_size=2
 }
 

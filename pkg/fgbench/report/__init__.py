@@ -1,4 +1,4 @@
-"""Reporting: aggregate per-run metrics into summary tables, the coarse-to-fine table, plots and
+"""Reporting: aggregate per-run metrics into summary tables, the papers' tables, plots and
 t-SNE maps. Submodules load on first use, so reading :mod:`fgbench.report.options` at DAG time
 does not import pandas or matplotlib."""
 
@@ -8,7 +8,7 @@ _EXPORTS = {
     "format_markdown": "aggregate", "load_metrics": "aggregate", "run_label": "aggregate",
     "summarise": "aggregate", "write_summary": "aggregate",
     "main_metrics": "plots", "plot_protocol": "plots",
-    "coarse_to_fine_tables": "tables", "format_c2f_markdown": "tables", "write_c2f_tables": "tables",
+    "coarse_to_fine_tables": "tables", "paper_tables": "tables", "write_paper_tables": "tables",
     "plot_tsne": "tsne",
     "REPORT_DEFAULTS": "options", "validate_report": "options",
 }

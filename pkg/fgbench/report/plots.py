@@ -15,7 +15,7 @@ from fgbench.report.aggregate import run_label
 __all__ = ["MAIN_METRICS", "main_metrics", "plot_protocol"]
 
 #: Headline metric(s) per protocol; ``fewshot_*`` protocols use accuracy.
-MAIN_METRICS = {"retrieval": ["recall@1", "map@r"]}
+MAIN_METRICS = {"retrieval": ["recall@1", "map@r"], "closed_set": ["accuracy", "ece"]}
 
 
 def main_metrics(protocol: str) -> list[str]:

@@ -1,94 +1,128 @@
-"""The coarse-to-fine table in the format of the SCGM and ANCOR papers.
+"""The papers' tables: coarse-to-fine few-shot (SCGM, ANCOR), retrieval (RevDML, LSD, STML) and
+closed-set accuracy and calibration (vMF).
 
-For every dataset with a ``coarse_to_fine`` setting: one row per method and layer (a
-combination of two models is a row too, its layer ``"A+B"``), one column per few-shot
-protocol: 5-way, all-way, intra-class with ANCOR's cap of 5 ways, intra-class with SCGM's all
-subclasses, and the 5-shot columns when the benchmark ran them. Cells are few-shot accuracy in
-percent, ``mean ± ci`` with 2 decimals (the across-seed 95% interval, or with one seed the
-interval over episodes, marked ``ᵉ``, which is what the papers print); ``—`` where a method
-lacks a protocol.
+Each is one table per dataset with one row per method and layer (a combination of two models is
+a row too, its layer ``"A+B"``, listed after the single models) and one column per
+(protocol, metric). Cells are ``mean ± ci`` in percent with 2 decimals: the across-seed 95%
+interval, or with one seed the interval over episodes (few-shot only), marked ``ᵉ``; ``—``
+where a method lacks a column. Optional columns appear only when some row has them.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from fgbench.io import atomic_write_text
 from fgbench.report.aggregate import EPISODE_MARK, format_cell
 
-__all__ = ["C2F_COLUMNS", "SETTING", "coarse_to_fine_tables", "format_c2f_markdown", "write_c2f_tables"]
+__all__ = ["TABLES", "coarse_to_fine_tables", "format_markdown_tables", "paper_tables", "write_paper_tables"]
 
-SETTING = "coarse_to_fine"
-#: Protocol -> column header, in the papers' order.
-C2F_COLUMNS = {
-    "fewshot_5way": "5-way",
-    "fewshot_all": "all-way",
-    "fewshot_intra": "intra-class (ANCOR, ≤5 ways)",
-    "fewshot_intra_all": "intra-class (SCGM, all subclasses)",
-}
-#: Shown only when a dataset has them.
-FIVE_SHOT_COLUMNS = {
-    "fewshot_5way_5shot": "5-way 5-shot",
-    "fewshot_all_5shot": "all-way 5-shot",
-}
 MISSING = "—"
 
 
+@dataclass(frozen=True)
+class TableKind:
+    """Which summary rows make a table and how its columns are named."""
+
+    title: str
+    note: str
+    settings: tuple  # the settings it covers (rows of other settings are ignored)
+    columns: dict  # (protocol, metric) -> header, always shown
+    optional: dict = field(default_factory=dict)  # shown only when present
+    setting_column: bool = False  # several settings per dataset: say which one
+
+
+TABLES = {
+    "coarse_to_fine": TableKind(
+        title="Coarse-to-fine few-shot accuracy",
+        note=("Trained on coarse labels, evaluated on fine classes of the test split; accuracy in %, ± the 95% "
+              f"confidence half-width across seeds (with one seed: over episodes, marked {EPISODE_MARK}). "
+              "Intra-class: ways drawn inside one coarse class, at most 5 (ANCOR) or all its subclasses (SCGM)."),
+        settings=("coarse_to_fine",),
+        columns={("fewshot_5way", "accuracy"): "5-way", ("fewshot_all", "accuracy"): "all-way",
+                 ("fewshot_intra", "accuracy"): "intra-class (ANCOR, ≤5 ways)",
+                 ("fewshot_intra_all", "accuracy"): "intra-class (SCGM, all subclasses)"},
+        optional={("fewshot_5way_5shot", "accuracy"): "5-way 5-shot",
+                  ("fewshot_all_5shot", "accuracy"): "all-way 5-shot"},
+    ),
+    "retrieval": TableKind(
+        title="Retrieval",
+        note=("Test images of every setting queried against each other (query excluded), in %, ± the 95% "
+              "confidence half-width across seeds (none with one seed). MAP@R and R-Precision as in "
+              "'A Metric Learning Reality Check'; NMI with k-means over the number of test classes."),
+        settings=("open_set", "closed_set", "coarse_to_fine"),
+        columns={("retrieval", "map@r"): "MAP@R", ("retrieval", "r_precision"): "R-Precision",
+                 ("retrieval", "nmi"): "NMI"},
+        optional={("retrieval", f"recall@{k}"): f"R@{k}" for k in (1, 2, 4, 8, 10, 100, 1000)}
+        | {("retrieval", "f1"): "F1"},
+        setting_column=True,
+    ),
+    "closed_set": TableKind(
+        title="Closed-set accuracy and calibration",
+        note=("Classifier accuracy on the test split and expected calibration error (15 equal-mass bins, L2, "
+              "as the vMF paper), in %, ± the 95% confidence half-width across seeds."),
+        settings=("closed_set",),
+        columns={("closed_set", "accuracy"): "accuracy", ("closed_set", "ece"): "ECE"},
+    ),
+}
+
+
 def _row_order(key: tuple) -> tuple:
-    method, layer = key
-    return ("+" in layer, method, layer)  # single models first, combinations after
+    *_, method, layer = key
+    return ("+" in layer, *key)  # single models first, combinations after
 
 
-def coarse_to_fine_tables(summary: pd.DataFrame) -> dict:
-    """``{dataset: DataFrame}`` for every dataset with a coarse_to_fine setting, sorted by name.
-
-    Columns ``method``, ``layer``, then the protocol headers of :data:`C2F_COLUMNS` (always)
-    and :data:`FIVE_SHOT_COLUMNS` (when present); cells are formatted strings.
-    """
-    acc = summary[(summary["setting"] == SETTING) & (summary["metric"] == "accuracy")]
+def paper_tables(summary: pd.DataFrame, kind: str) -> dict:
+    """``{dataset: DataFrame}`` of table ``kind`` (see TABLES), datasets sorted by name; columns
+    (``setting``,) ``method``, ``layer``, then the headers; cells are formatted strings."""
+    spec = TABLES[kind]
+    wanted = {**spec.columns, **spec.optional}
+    rows = summary[summary["setting"].isin(spec.settings)]
+    rows = rows[pd.MultiIndex.from_frame(rows[["protocol", "metric"]]).isin(list(wanted))]
+    index = ["setting", "method", "layer"] if spec.setting_column else ["method", "layer"]
     tables = {}
-    for dataset, sub in acc.groupby("dataset", sort=True):
-        columns = dict(C2F_COLUMNS)
-        columns.update({p: h for p, h in FIVE_SHOT_COLUMNS.items() if (sub["protocol"] == p).any()})
-        sub = sub[sub["protocol"].isin(columns)]
-        keys = sorted(set(zip(sub["method"], sub["layer"])), key=_row_order)
-        cells = {key: dict.fromkeys(columns.values(), MISSING) for key in keys}
+    for dataset, sub in rows.groupby("dataset", sort=True):
+        present = set(zip(sub["protocol"], sub["metric"]))
+        headers = {**spec.columns, **{k: h for k, h in spec.optional.items() if k in present}}
+        keys = sorted(set(zip(*(sub[c] for c in index))), key=_row_order)
+        cells = {key: dict.fromkeys(headers.values(), MISSING) for key in keys}
         for _, row in sub.iterrows():
-            cells[(row["method"], row["layer"])][columns[row["protocol"]]] = format_cell(row)[0]
-        tables[dataset] = pd.DataFrame(
-            [{"method": m, "layer": layer, **cells[(m, layer)]} for m, layer in keys],
-            columns=["method", "layer", *columns.values()])
+            cells[tuple(row[c] for c in index)][headers[(row["protocol"], row["metric"])]] = format_cell(row)[0]
+        tables[dataset] = pd.DataFrame([{**dict(zip(index, key)), **cells[key]} for key in keys],
+                                       columns=[*index, *headers.values()])
     return tables
 
 
-def format_c2f_markdown(tables: dict) -> str:
-    """Markdown of :func:`coarse_to_fine_tables`' result: one section per dataset."""
-    parts = ["# Coarse-to-fine few-shot accuracy", "",
-             "Trained on coarse labels, evaluated on fine classes of the test split; accuracy in %, "
-             "± the 95% confidence half-width across seeds (with one seed: over episodes, marked "
-             f"{EPISODE_MARK}). Intra-class: ways drawn inside one coarse class, at most 5 (ANCOR) or "
-             "all its subclasses (SCGM).", ""]
+def coarse_to_fine_tables(summary: pd.DataFrame) -> dict:
+    return paper_tables(summary, "coarse_to_fine")
+
+
+def format_markdown_tables(tables: dict, kind: str) -> str:
+    """Markdown of :func:`paper_tables`' result: one section per dataset."""
+    spec = TABLES[kind]
+    parts = [f"# {spec.title}", "", spec.note, ""]
     if not tables:
-        parts += ["No dataset in this benchmark has a coarse_to_fine setting.", ""]
+        parts += [f"No run of this benchmark has a {' or '.join(spec.settings)} setting with these metrics.", ""]
     for dataset, table in tables.items():
         headers = list(table.columns)
-        parts += [f"## {dataset}", "",
-                  "| " + " | ".join(headers) + " |",
-                  "|---|---|" + "---:|" * (len(headers) - 2)]
+        labels = 3 if spec.setting_column else 2
+        parts += [f"## {dataset}", "", "| " + " | ".join(headers) + " |",
+                  "|" + "---|" * labels + "---:|" * (len(headers) - labels)]
         parts += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
         parts.append("")
     return "\n".join(parts)
 
 
-def write_c2f_tables(summary: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
-    """Atomically write the coarse-to-fine tables as Markdown and as one CSV (column
-    ``dataset`` first; the 5-shot columns are empty for datasets without them)."""
-    tables = coarse_to_fine_tables(summary)
-    frames = [t.assign(dataset=d) for d, t in tables.items()]
-    columns = ["dataset", "method", "layer", *C2F_COLUMNS.values(), *FIVE_SHOT_COLUMNS.values()]
-    csv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    csv = csv[[c for c in columns if c in csv.columns]]
-    atomic_write_text(csv_path, csv.to_csv(index=False))
-    atomic_write_text(md_path, format_c2f_markdown(tables))
+def write_paper_tables(summary: pd.DataFrame, folder: str | os.PathLike) -> None:
+    """Atomically write ``{kind}.md`` and ``{kind}.csv`` (column ``dataset`` first) for every kind."""
+    for kind in TABLES:
+        tables = paper_tables(summary, kind)
+        frames = [t.assign(dataset=d) for d, t in tables.items()]
+        csv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["dataset"])
+        csv = csv[["dataset", *[c for c in csv.columns if c != "dataset"]]]
+        atomic_write_text(Path(folder) / f"{kind}.csv", csv.to_csv(index=False))
+        atomic_write_text(Path(folder) / f"{kind}.md", format_markdown_tables(tables, kind))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import spec_hash
 from ..data import load_prepared
+from ..data.noise import symmetric_label_noise
 from ..data.samplers import ClassRandomBatchSampler
 from ..data.transforms import ImageDataset, build_augment, collate, eval_batches
 from ..errors import TrainingError
@@ -69,7 +70,8 @@ def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int,
     backbone = get_backbone(name, **backbone_cfg)
     if spec.get("normalize"):
         backbone = Normalize(backbone, *spec["normalize"])
-    method = build_method(spec["method"], backbone, num_classes=num_classes, num_samples=num_samples, params=spec["params"])
+    method = build_method(spec["method"], backbone, num_classes=num_classes, num_samples=num_samples,
+                          epochs=spec["train"]["epochs"], params=spec["params"])
     for layer in spec["embed_layers"]:
         method.check_layer(layer)
     return method
@@ -106,14 +108,21 @@ def image_shape(spec: dict, images) -> tuple:
     return (1 if first.ndim == 2 else first.shape[-1]), spec["image_size"]
 
 
-def _loader(spec, dataset, labels, generator, whole_set=False):
-    """The epoch's batches; ``whole_set``: every sample exactly once (SCGM's E-step pass)."""
+def _loader(spec, dataset, labels, generator, whole_set=False, batches=None):
+    """The epoch's batches: ``batches`` (a method's own sampler), the configured sampler, or with
+    ``whole_set`` every sample exactly once (epoch hooks: SCGM's E-step, vMF's init)."""
     t = spec["train"]
-    if t["sampler"] == "class_random" and not whole_set:
+    if batches is None and t["sampler"] == "class_random" and not whole_set:
         batches = ClassRandomBatchSampler(labels, batch_size=t["batch_size"], samples_per_class=t["samples_per_class"], generator=generator)
-    else:
+    elif batches is None:
         batches = BatchSampler(RandomSampler(dataset, generator=generator), t["batch_size"], drop_last=not whole_set)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t["num_workers"])
+
+
+def _plain_loader(spec, plain):
+    """The training images with the eval transform, in index order (STML's teacher pass)."""
+    batches = BatchSampler(range(len(plain)), spec["train"]["batch_size"], drop_last=False)
+    return DataLoader(plain, batch_sampler=batches, collate_fn=collate, num_workers=spec["train"]["num_workers"])
 
 
 def _on_device(batches, device):
@@ -131,11 +140,25 @@ def learning_rate(train: dict, epoch: int) -> float:
 
 
 def _optimizer(spec, method):
+    """The configured optimizer over the method's parameter groups (``Method.param_groups``)."""
     t = spec["train"]
-    params = [p for p in method.parameters() if p.requires_grad]  # not momentum (key) encoders
+    groups = []
+    for group in method.param_groups():
+        group = {"lr_scale": 1.0, **group}
+        if "lr" in group:  # an absolute learning rate stays fixed under the schedule
+            group["lr_scale"] = None
+        groups.append(group)
     if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-    return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], nesterov=t["nesterov"], weight_decay=t["weight_decay"])
+    for group in groups:
+        group.pop("momentum", None)  # Adam has no momentum setting
+    return torch.optim.Adam(groups, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def _set_learning_rate(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if group["lr_scale"] is not None:
+            group["lr"] = lr * group["lr_scale"]
 
 
 def _write_log(rows, path):
@@ -221,10 +244,13 @@ def train(spec: dict, data_path, out_dir) -> None:
     train_split = data.splits["train"].with_classes(setting["train_classes"])
     val_split = data.splits["val"].with_classes(setting["train_classes"])
     classes, labels = training_labels(spec, train_split)
+    if spec["train"]["label_noise"]:  # training labels only; the run's seed fixes the flips
+        labels = torch.from_numpy(symmetric_label_noise(labels.numpy(), spec["train"]["label_noise"], spec["seed"]))
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
     augment = build_augment(spec["train"]["augment"], spec["image_size"])
     dataset = ImageDataset(train_split.images, labels, augment, views=views)
+    plain = ImageDataset(train_split.images, labels, build_augment(spec["eval_transform"], spec["image_size"]))
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
@@ -242,11 +268,16 @@ def train(spec: dict, data_path, out_dir) -> None:
         started = time.time()
         seed_everything(epoch_seed(spec["seed"], epoch))
         generator = torch.Generator().manual_seed(epoch_seed(spec["seed"], epoch))
-        for group in run.optimizer.param_groups:
-            group["lr"] = learning_rate(spec["train"], epoch)
+        _set_learning_rate(run.optimizer, learning_rate(spec["train"], epoch))
         run.method.train()
-        run.method.on_epoch_start(epoch, lambda: _on_device(_loader(spec, dataset, labels, generator, whole_set=True), device))
-        stats = _train_epoch(run, _loader(spec, dataset, labels, generator), device, use_amp, epoch)
+
+        def batches(augment=True):
+            loader = _loader(spec, dataset, labels, generator, whole_set=True) if augment else _plain_loader(spec, plain)
+            return _on_device(loader, device)
+
+        run.method.on_epoch_start(epoch, batches)
+        own = run.method.batch_sampler(spec["train"]["batch_size"], generator)
+        stats = _train_epoch(run, _loader(spec, dataset, labels, generator, batches=own), device, use_amp, epoch)
         score = _validation_score(run.method, spec, val_split, device)
         if score is None or score > run.best["score"]:
             run.best = {"epoch": epoch, "score": score if score is not None else -float("inf"),
