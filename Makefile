@@ -25,7 +25,7 @@ data:
 run: setup
 	snakemake --cores $(CORES)
 	snakemake --cores $(CORES) --report results/report.html
-	@echo "Results table: results/tables/summary.md (and summary.csv); report: results/report.html"
+	@echo "Results: results/tables/summary.md and the papers' tables results/tables/{coarse_to_fine,retrieval,closed_set}.md; report: results/report.html"
 
 test: setup
 	$(PY) -m pytest -q
