@@ -8,6 +8,8 @@ import yaml
 from conftest import REPO
 from fgbench import config as fgconfig
 from fgbench.errors import ConfigError
+from fgbench.methods import build_method
+from fgbench.models import get_backbone
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -72,7 +74,7 @@ def test_default_config_resolves():
         ({"datasets__fashion_mnist__view_augment": "jitter"}, "'datasets.fashion_mnist.view_augment' is 'jitter'"),
         ({"methods__triplet__embed_layer": "logits"}, "'methods.triplet.embed_layer' names 'logits'; valid layers of 'triplet': backbone, head"),
         ({"methods__triplet__embed_layer": ["head", "head"]}, "must list distinct layers"),
-        ({"methods__ancor__params": {"embedding_dim": 64}}, "unknown parameter(s) ['embedding_dim'] in 'methods.ancor.params'; valid: dim,"),
+        ({"methods__ancor__params": {"dim": 64}}, "unknown parameter(s) ['dim'] in 'methods.ancor.params'; valid: embedding_dim,"),
     ],
 )
 def test_bad_values_name_the_key(changes, message):
@@ -80,3 +82,13 @@ def test_bad_values_name_the_key(changes, message):
         check(**changes)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.name for p in (REPO / "workflow/experiments").glob("*.yaml")))
+def test_paper_configs_validate_and_build_every_method(experiment):
+    """Every method of a paper config builds with its parameters (on a small backbone; queues
+    shrunk): a misnamed parameter fails here, not hours into a GPU job."""
+    cfg = fgconfig.validate(yaml.safe_load((REPO / "workflow/experiments" / experiment).read_text()))
+    for name, method in cfg["methods"].items():
+        params = {**method["params"], **({"queue_size": 8} if "queue_size" in method["params"] else {})}
+        build_method(name, get_backbone("small_cnn"), num_classes=5, num_samples=10, epochs=cfg["train"]["epochs"], params=params)

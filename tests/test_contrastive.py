@@ -39,7 +39,7 @@ def fixed_batch():
 
 def hand_built_ancor(metric="angular"):
     """dim 2, two classes, queue size 2, class weights w0=(1,0), w1=(0,1), T=0.5."""
-    method = ANCOR(Tiny(), num_classes=2, dim=2, mlp=False, queue_size=2, temperature=0.5, metric=metric)
+    method = ANCOR(Tiny(), num_classes=2, embedding_dim=2, mlp=False, queue_size=2, temperature=0.5, metric=metric)
     with torch.no_grad():
         method.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         method.queues.queue.copy_(torch.tensor([[[1.0, 1.0], [2.0, -1.0]], [[-1.0, 0.0], [0.0, -3.0]]]))

@@ -148,7 +148,7 @@ def hand_loss_terms(e, y, z, mu_y, mu_z, tau, ang_norm=False):
 
 @pytest.mark.parametrize("ang_norm", [False, True])
 def test_scgm_g_loss_terms_by_hand(ang_norm):
-    method = ScgmG(get_backbone("small_cnn", width=1), num_classes=2, num_samples=2, n_subclasses=3, dim=2,
+    method = ScgmG(get_backbone("small_cnn", width=1), num_classes=2, num_samples=2, n_subclasses=3, embedding_dim=2,
                    ang_norm=ang_norm)
     with torch.no_grad():
         method.mu_y.copy_(torch.tensor(MU_Y))
@@ -180,12 +180,12 @@ def test_scgm_g_total_loss_and_logs():
 
 
 def test_paper_defaults_and_cards():
-    for cls, names in ((ScgmG, ("n_subclasses", "tau", "alpha", "lam", "n_iter_estep", "dim", "mlp")),
-                       (ScgmA, ("n_subclasses", "tau1", "tau2", "alpha", "lam", "n_iter_estep", "dim", "mlp",
+    for cls, names in ((ScgmG, ("n_subclasses", "tau", "alpha", "lam", "n_iter_estep", "embedding_dim", "mlp")),
+                       (ScgmA, ("n_subclasses", "tau1", "tau2", "alpha", "lam", "n_iter_estep", "embedding_dim", "mlp",
                                 "queue_size", "momentum", "temperature", "head_norm", "release_compat"))):
         defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
         paper = {"n_subclasses": 100, "tau": 0.1, "tau1": 0.1, "tau2": 1.0, "alpha": 0.5, "lam": 25.0,
-                 "n_iter_estep": 5, "dim": 128, "mlp": True, "queue_size": 65536, "momentum": 0.999,
+                 "n_iter_estep": 5, "embedding_dim": 128, "mlp": True, "queue_size": 65536, "momentum": 0.999,
                  "temperature": 0.2, "head_norm": True, "release_compat": False}
         assert {k: defaults[k] for k in names} == {k: paper[k] for k in names}
         assert cls.labels == "coarse" and cls.default_layer == "head" and cls.meta["deviations"]
@@ -199,7 +199,7 @@ def test_paper_defaults_and_cards():
 def test_e_step_writes_labels_by_index_and_follows_the_schedule():
     """12 embeddings near 3 subclass means (4 each); batches come shuffled; each sample's label
     must land at its own index. E-steps run on 0-based epochs 0, 5, 10 for n_iter_estep 5."""
-    method = ScgmG(get_backbone("small_cnn", width=1), num_classes=2, num_samples=12, n_subclasses=3, dim=2)
+    method = ScgmG(get_backbone("small_cnn", width=1), num_classes=2, num_samples=12, n_subclasses=3, embedding_dim=2)
     with torch.no_grad():
         method.mu_z.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
         method.mu_y.copy_(torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))

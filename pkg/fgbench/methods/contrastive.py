@@ -78,7 +78,7 @@ class MoCo(MomentumEncoder):
     logits = [q.k, q.queue] / T, cross-entropy towards index 0. No labels.
 
     Args:
-        dim: embedding size (128). mlp: the 2-layer projector of MoCo-v2 (True).
+        embedding_dim: embedding size (128). mlp: the 2-layer projector of MoCo-v2 (True).
         queue_size: K = 65536 keys. momentum: m = 0.999. temperature: T = 0.2.
     """
 
@@ -89,11 +89,11 @@ class MoCo(MomentumEncoder):
             "code": "facebookresearch/moco",
             "deviations": SHARED_DEVIATIONS}
 
-    def __init__(self, backbone, *, dim: int = 128, mlp: bool = True, queue_size: int = 65536,
+    def __init__(self, backbone, *, embedding_dim: int = 128, mlp: bool = True, queue_size: int = 65536,
                  momentum: float = 0.999, temperature: float = 0.2):
-        super().__init__(backbone, projection(backbone.out_dim, dim, mlp), momentum=momentum)
+        super().__init__(backbone, projection(backbone.out_dim, embedding_dim, mlp), momentum=momentum)
         self.temperature = temperature
-        self.queue = Queue(queue_size, dim)
+        self.queue = Queue(queue_size, embedding_dim)
 
     def training_step(self, batch):
         q = F.normalize(self.projector(self.backbone(batch["images"])), dim=1)
@@ -133,7 +133,7 @@ class ANCOR(MomentumEncoder):
         summed with ``term_weights`` (name -> weight, 1 when absent); enqueue(k, labels).
 
     Args:
-        num_classes: coarse classes C. dim: embedding size (128). mlp: the MLP before fc1 (True).
+        num_classes: coarse classes C. embedding_dim: embedding size (128). mlp: the MLP before fc1 (True).
         queue_size: K = 65536 keys per class. momentum: m = 0.999. temperature: T = 0.2.
         metric: "angular" (ANCOR) or "norm".
     """
@@ -148,14 +148,14 @@ class ANCOR(MomentumEncoder):
                 "by class instead of through a one-hot einsum over all classes (same values)"]}
     METRICS = ("angular", "norm")
 
-    def __init__(self, backbone, *, num_classes: int, dim: int = 128, mlp: bool = True,
+    def __init__(self, backbone, *, num_classes: int, embedding_dim: int = 128, mlp: bool = True,
                  queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.2,
                  metric: str = "angular"):
         if metric not in self.METRICS:
             raise ConfigError(f"methods.ancor.params.metric is '{metric}'; valid metrics: {', '.join(self.METRICS)}")
-        super().__init__(backbone, projection(backbone.out_dim, dim, mlp), momentum=momentum)
-        self.classifier = nn.Linear(dim, num_classes)  # ANCOR's fc2
-        self.queues = ClassQueues(num_classes, queue_size, dim)
+        super().__init__(backbone, projection(backbone.out_dim, embedding_dim, mlp), momentum=momentum)
+        self.classifier = nn.Linear(embedding_dim, num_classes)  # ANCOR's fc2
+        self.queues = ClassQueues(num_classes, queue_size, embedding_dim)
         self.temperature, self.metric = temperature, metric
         self.term_weights = {}  # loss-term name -> weight (1 when absent); SCGM-A weighs its own
 

@@ -172,7 +172,7 @@ class ScgmG(SubclassEM, Method):
     """SCGM-G: a trunk, an embedding head and the SCGM likelihood (released
     ``train_scgm_g.py`` + ``scgm_g/scgm_resnet.py``).
 
-    Head ``fc_enc``: Linear(d, d) -> ReLU -> Linear(d, dim) (``mlp=True``, the default:
+    Head ``fc_enc``: Linear(d, d) -> ReLU -> Linear(d, embedding_dim) (``mlp=True``, the default:
     the released ``--mlp`` flag is ``store_false``, so the MLP is on unless it is passed), or one
     Linear with ``mlp=False``. With ê = N(e), μ̂ = N(μ) and z_i the pseudo-label of sample i:
 
@@ -188,7 +188,7 @@ class ScgmG(SubclassEM, Method):
 
     Args:
         num_classes: C superclasses. num_samples: training-set size (pseudo-label buffer).
-        n_subclasses: K (100). dim: embedding size (128). mlp: MLP head (True). tau: subclass
+        n_subclasses: K (100). embedding_dim: embedding size (128). mlp: MLP head (True). tau: subclass
         temperature / variance (0.1). alpha: weight of L1 + L2 (0.5). lam: Sinkhorn exponent (25).
         n_iter_estep: epochs between E-steps (5). sinkhorn_tol: Sinkhorn stopping threshold (0.1).
         ang_norm: angular normalisation of L1 (False).
@@ -213,14 +213,14 @@ class ScgmG(SubclassEM, Method):
     }
 
     def __init__(self, backbone, *, num_classes: int, num_samples: int, n_subclasses: int = 100,
-                 dim: int = 128, mlp: bool = True, tau: float = 0.1, alpha: float = 0.5,
+                 embedding_dim: int = 128, mlp: bool = True, tau: float = 0.1, alpha: float = 0.5,
                  lam: float = 25.0, n_iter_estep: int = 5, sinkhorn_tol: float = 0.1, ang_norm: bool = False):
         super().__init__(backbone)
         d = backbone.out_dim
-        self.fc_enc = (nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, dim)) if mlp
-                       else nn.Linear(d, dim))
-        self.mu_y = glorot(num_classes, dim)
-        self.mu_z = glorot(n_subclasses, dim)
+        self.fc_enc = (nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, embedding_dim)) if mlp
+                       else nn.Linear(d, embedding_dim))
+        self.mu_y = glorot(num_classes, embedding_dim)
+        self.mu_z = glorot(n_subclasses, embedding_dim)
         self.tau, self.alpha, self.lam, self.sinkhorn_tol = tau, alpha, lam, sinkhorn_tol
         self.n_iter_estep, self.ang_norm = n_iter_estep, ang_norm
         self.init_subclass_labels(num_samples)
@@ -286,7 +286,7 @@ class ScgmA(SubclassEM, ANCOR):
     (``requires_grad=False``).
 
     Args:
-        num_classes: C. num_samples: training-set size. n_subclasses: K (100). dim: 128.
+        num_classes: C. num_samples: training-set size. n_subclasses: K (100). embedding_dim: 128.
         mlp: MLP before fc1 (True). queue_size: 65536 keys per class. momentum: 0.999.
         temperature: contrast temperature (cst_t, 0.2). metric: "angular" (or "norm").
         tau1: subclass temperature (0.1). tau2: superclass temperature of ls4 (1.0).
@@ -319,15 +319,15 @@ class ScgmA(SubclassEM, ANCOR):
     training_only = ANCOR.training_only + ("subclass_labels",)
 
     def __init__(self, backbone, *, num_classes: int, num_samples: int, n_subclasses: int = 100,
-                 dim: int = 128, mlp: bool = True, queue_size: int = 65536, momentum: float = 0.999,
+                 embedding_dim: int = 128, mlp: bool = True, queue_size: int = 65536, momentum: float = 0.999,
                  temperature: float = 0.2, metric: str = "angular", tau1: float = 0.1, tau2: float = 1.0,
                  alpha: float = 0.5, lam: float = 25.0, n_iter_estep: int = 5, sinkhorn_tol: float = 0.1,
                  head_norm: bool = True, release_compat: bool = False):
-        super().__init__(backbone, num_classes=num_classes, dim=dim, mlp=mlp, queue_size=queue_size,
+        super().__init__(backbone, num_classes=num_classes, embedding_dim=embedding_dim, mlp=mlp, queue_size=queue_size,
                          momentum=momentum, temperature=temperature, metric=metric)
         del self.classifier  # seq_em has no fc2: mu_y is the classifier
-        self.mu_y = glorot(num_classes, dim)
-        self.mu_z = glorot(n_subclasses, dim)
+        self.mu_y = glorot(num_classes, embedding_dim)
+        self.mu_z = glorot(n_subclasses, embedding_dim)
         if release_compat:
             self.mu_z.requires_grad_(False)
         self.tau, self.tau2, self.alpha, self.lam, self.sinkhorn_tol = tau1, tau2, alpha, lam, sinkhorn_tol
