@@ -119,10 +119,16 @@ def _loader(spec, dataset, labels, generator, whole_set=False, batches=None):
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t["num_workers"])
 
 
-def _plain_loader(spec, plain):
-    """The training images with the eval transform, in index order (STML's teacher pass)."""
-    batches = BatchSampler(range(len(plain)), spec["train"]["batch_size"], drop_last=False)
-    return DataLoader(plain, batch_sampler=batches, collate_fn=collate, num_workers=spec["train"]["num_workers"])
+def _plain_batches(spec, images, labels, device):
+    """The training images through the eval transform, in index order, as training-batch dicts
+    (STML's teacher pass); the same pipeline as embedding (``eval_batches``)."""
+    t = spec["train"]
+    transform = build_augment(spec["eval_transform"], spec["image_size"])
+    start = 0
+    for x in eval_batches(images, transform, None, t["batch_size"], t["num_workers"]):
+        index = torch.arange(start, start + len(x))
+        start += len(x)
+        yield {"images": x.to(device), "labels": labels[index].to(device), "index": index.to(device)}
 
 
 def _on_device(batches, device):
@@ -250,7 +256,6 @@ def train(spec: dict, data_path, out_dir) -> None:
     views = get_method_class(spec["method"]).views
     augment = build_augment(spec["train"]["augment"], spec["image_size"])
     dataset = ImageDataset(train_split.images, labels, augment, views=views)
-    plain = ImageDataset(train_split.images, labels, build_augment(spec["eval_transform"], spec["image_size"]))
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
@@ -272,8 +277,9 @@ def train(spec: dict, data_path, out_dir) -> None:
         run.method.train()
 
         def batches(augment=True):
-            loader = _loader(spec, dataset, labels, generator, whole_set=True) if augment else _plain_loader(spec, plain)
-            return _on_device(loader, device)
+            if not augment:
+                return _plain_batches(spec, train_split.images, labels, device)
+            return _on_device(_loader(spec, dataset, labels, generator, whole_set=True), device)
 
         run.method.on_epoch_start(epoch, batches)
         own = run.method.batch_sampler(spec["train"]["batch_size"], generator)
