@@ -5,7 +5,7 @@ CORES ?= 2
 # The rules call `fgbench`, which lives in the virtual environment.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup data run report test clean
+.PHONY: setup data test-deps run report test clean
 
 setup: $(VENV)/.installed data
 
@@ -22,12 +22,23 @@ data:
 		|| echo "dataset-fashion-mnist not installable: fgbench prepare will download Fashion-MNIST"; \
 	fi
 
+# What the tests need from Debian besides Fashion-MNIST: a single-host SLURM cluster (the SLURM
+# tests start its daemons themselves) and Chromium (the HTML report test). Without root or apt the
+# tests that need them skip, saying why.
+test-deps:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    ! (command -v slurmctld && command -v munged && command -v chromium) >/dev/null; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			slurmctld slurmd slurm-client munge chromium) \
+		|| echo "slurm or chromium not installable: their tests will skip"; \
+	fi
+
 run: setup
-	snakemake --cores $(CORES)
+	snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 	snakemake --cores $(CORES) --report results/report.html
 	@echo "Results: results/tables/summary.md and the papers' tables results/tables/{coarse_to_fine,retrieval,closed_set}.md; report: results/report.html"
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest -q
 
 clean:

@@ -30,3 +30,4 @@ rule all:
         rules.tables.output,
         PLOTS,
         TSNE_PLOTS,
+        CURVE_PLOTS,

@@ -59,6 +59,16 @@ def class_batch(n: int = 16, classes: int = 4) -> dict:
     return {"images": images, "labels": labels, "index": torch.arange(n)}
 
 
+def prepared_fashion(folder: Path, n_train: int, n_test: int) -> Path:
+    """Synthetic Fashion-MNIST files in ``folder``, prepared (20% validation): the data.npz path."""
+    from fgbench.data import prepare
+
+    root = write_fashion(folder / "fashion", n_train=n_train, n_test=n_test)
+    out = folder / "data.npz"
+    prepare("fashion_mnist", {"root": str(root), "val_fraction": 0.2, "split_seed": 0}, out)
+    return out
+
+
 @pytest.fixture
 def fashion_dir(tmp_path):
     return write_fashion(tmp_path / "fashion")
@@ -69,3 +79,16 @@ def real_fashion():
     if not all((FASHION_DEBIAN / f).exists() for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")):
         pytest.skip("Fashion-MNIST not on disk: `make setup` installs Debian's dataset-fashion-mnist")
     return FASHION_DEBIAN
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: a forked child (torchrun's workers, a killed and
+    restarted run) must not touch OpenMP threads the parent started (libgomp hangs after a
+    fork), and runs compared with each other then do the same single-threaded arithmetic."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

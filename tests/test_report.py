@@ -275,3 +275,94 @@ def test_atomic_write(tmp_path):
         with atomic_path(tmp_path / "sub" / "new.txt") as tmp:
             raise RuntimeError("writer failed")
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.txt"]
+
+
+# --- Training curves (fgbench.report.curves, `fgbench curves`) ---------------------------------
+
+SCGM_LOG = """epoch,lr,loss,cls_loss,subclass_loss,train_accuracy,val_recall@1,seconds
+0,0.001,9.5,0.62,2.75,0.84,0.9505,15.7
+1,0.001,8.6,0.33,2.71,0.90,0.9620,12.6
+2,0.001,8.1,0.27,2.70,0.92,0.9533,12.5
+"""
+STML_LOG = """epoch,lr,loss,rc_loss,kl_loss,val_recall@1,seconds
+0,0.001,0.48,0.48,2e-06,,17.9
+1,0.0005,0.50,0.50,4e-07,,17.4
+"""
+
+
+def _run_dir(tmp_path, log_text, best=None):
+    run = tmp_path / "models" / "seed0"
+    run.mkdir(parents=True)
+    (run / "train_log.csv").write_text(log_text)
+    if best is not None:
+        (run / "config.yaml").write_text(f"method: scgm_a\nseed: 0\nbest_epoch: {best}\n")
+    return run
+
+
+def test_curve_panels_group_the_logged_columns():
+    from fgbench.report.curves import ACCURACY_PANEL, curve_panels
+
+    scgm = SCGM_LOG.splitlines()[0].split(",")
+    assert curve_panels(scgm) == {"loss": ["loss", "cls_loss", "subclass_loss"],
+                                  ACCURACY_PANEL: ["train_accuracy", "val_recall@1"], "learning rate": ["lr"]}
+    lsd = ["epoch", "lr", "loss", "base_loss", "kd_loss", "kd_weight", "val_recall@1", "seconds"]
+    assert curve_panels(lsd)["other terms"] == ["kd_weight"]
+
+
+def _plotted(monkeypatch):
+    """Record what plot_curves draws: each line's label and y values, and the epoch markers."""
+    from matplotlib.axes import Axes
+
+    lines, marks = {}, []
+    plot, axvline = Axes.plot, Axes.axvline
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, **k: (lines.__setitem__(k["label"], list(y)), plot(self, x, y, **k))[1])
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **k: (marks.append(x), axvline(self, x, **k))[1])
+    return lines, marks
+
+
+def test_curves_plot_every_term_and_mark_the_selected_epoch(tmp_path, monkeypatch):
+    from fgbench.report.curves import plot_curves
+
+    run = _run_dir(tmp_path, SCGM_LOG, best=1)
+    lines, marks = _plotted(monkeypatch)
+    out = tmp_path / "plots" / "curves.png"
+    plot_curves(run / "train_log.csv", out, name="scgm_a")
+    assert set(lines) == {"loss", "cls_loss", "subclass_loss", "train_accuracy", "val_recall@1", "lr"}
+    assert lines["val_recall@1"] == pytest.approx([95.05, 96.20, 95.33])  # in %
+    assert lines["loss"] == pytest.approx([9.5, 8.6, 8.1])
+    assert marks == [1, 1, 1]  # best_epoch of the config.yaml beside the log, in every panel
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 3 * im.height / 2
+    assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temporary file left
+
+
+def test_curves_of_a_label_free_run(tmp_path, monkeypatch):
+    from fgbench.report.curves import plot_curves
+
+    run = _run_dir(tmp_path, STML_LOG)  # no config.yaml: nothing to mark
+    lines, marks = _plotted(monkeypatch)
+    plot_curves(run / "train_log.csv", tmp_path / "stml.png")
+    assert set(lines) == {"loss", "rc_loss", "kl_loss", "lr"}  # the empty val_recall@1 is not drawn
+    assert marks == []
+    assert (tmp_path / "stml.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ("", "is empty"),
+    ("epoch,lr,loss,seconds\n", "has a header but no epoch"),
+    ("epoch,lr,seconds\n0,0.1,3\n", "lacks column(s) loss"),
+    ("epoch,lr,loss\n0,0.1,high\n", "not a number"),
+])
+def test_curves_cli_rejects_a_bad_log(tmp_path, capsys, content, message):
+    from fgbench.cli import main
+
+    log = tmp_path / "run" / "train_log.csv"
+    if content is not None:
+        log.parent.mkdir()
+        log.write_text(content)
+    out = tmp_path / "curves" / "seed0.png"
+    assert main(["curves", "--log", str(log), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fgbench: error: training log {log} ") and message in err and "\n" not in err
+    assert not out.exists()

@@ -12,9 +12,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, write_fashion
+from conftest import REPO, prepared_fashion
 from fgbench import config as fgconfig
-from fgbench.data import prepare
 from fgbench.errors import TrainingError
 from fgbench.methods.metric_learning import Triplet
 from fgbench.train import train
@@ -28,10 +27,7 @@ def run_spec(epochs=3, **train):
 
 @pytest.fixture
 def data(tmp_path):
-    folder = write_fashion(tmp_path / "fashion", n_train=120, n_test=10)
-    out = tmp_path / "data.npz"
-    prepare("fashion_mnist", {"root": str(folder), "val_fraction": 0.2, "split_seed": 0}, out)
-    return out
+    return prepared_fashion(tmp_path, n_train=120, n_test=10)
 
 
 def weights(path):

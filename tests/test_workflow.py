@@ -1,7 +1,11 @@
 """Snakemake end to end: dry-run job counts, a tiny real run, a single target, bad config."""
 
+import re
+import signal
 import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -62,9 +66,9 @@ def test_dry_run_job_counts_for_default_config(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
     # 1 dataset; 15 runs (6 coarse-to-fine, 5 open-set, 4 closed-set) x 5 protocols, plus
     # closed-set accuracy for the 4 closed-set runs; 3 combinations x 4 few-shot protocols; a
-    # t-SNE plot per coarse-to-fine run; a plot per protocol.
-    assert counts == {"aggregate": 1, "all": 1, "combine": 12, "embed": 15, "evaluate": 79, "plot": 6,
-                      "prepare": 1, "tables": 1, "train": 15, "tsne": 6, "total": 137}
+    # t-SNE plot per coarse-to-fine run; a training-curves plot per run; a plot per protocol.
+    assert counts == {"aggregate": 1, "all": 1, "combine": 12, "curves": 15, "embed": 15, "evaluate": 79,
+                      "plot": 6, "prepare": 1, "tables": 1, "train": 15, "tsne": 6, "total": 152}
     seeds = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0, 1, 2]}
     write_config(tmp_path, seeds)
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
@@ -125,6 +129,14 @@ def test_single_target_builds_only_what_it_needs(real_fashion, tmp_path):
         ({"protocols": {"fewshot_3way": {}}}, "unknown protocol 'fewshot_3way'"),
         ({"benchmark": {"mnist_fashion": {"open_set": ["triplet"]}}}, "unknown dataset 'mnist_fashion'"),
         ({"train": {"epochs": 0}}, "config key 'train.epochs' must be a positive integer, got 0"),
+        ({"resources": {"train": {"mem_mb": "lots"}}},
+         "config key 'resources.train.mem_mb' must be a whole number >= 1 (MB), got 'lots'"),
+        ({"resources": {"train": {"runtime": 1.5}}},
+         "config key 'resources.train.runtime' must be a whole number >= 1 (minutes), got 1.5"),
+        ({"resources": {"train": {"gpus": 1}}}, "unknown resource 'gpus' in 'resources.train'"),
+        ({"resources": {"trian": {"gpu": 1}}}, "unknown rule 'trian' in 'resources'"),
+        ({"datasets": {"fashion_mnist": {"resources": {"embed": {"threads": "four"}}}}},
+         "config key 'datasets.fashion_mnist.resources.embed.threads' must be a whole number >= 1, got 'four'"),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, changes, message):
@@ -139,17 +151,140 @@ def test_lint_is_clean(tmp_path):
     write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
     proc = snakemake(tmp_path, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = paper(tmp_path, "--lint", "--config", "experiments=[vmf_mnist]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "not present in the Snakefile" not in proc.stderr  # local rules keep their experiment prefix
 
 
-@pytest.mark.parametrize("experiment", sorted(p.name for p in (REPO / "workflow/experiments").glob("*.yaml")))
-def test_paper_scale_experiments_dry_run(tmp_path, experiment):
-    """The paper configs build their whole DAG without data (they run on GPUs, not here); an
-    experiment file replaces the default config instead of merging into it."""
-    cfg = yaml.safe_load((REPO / "workflow/experiments" / experiment).read_text())
+def test_conda_env_describes_the_pip_environment():
+    """envs/fgbench.yaml (for --sdm conda) lists exactly pyproject's dependencies, and its
+    post-deploy script installs fgbench itself from the checkout the Snakefile names."""
+    env = yaml.safe_load((REPO / "envs/fgbench.yaml").read_text())
+    pip = next(dep["pip"] for dep in env["dependencies"] if isinstance(dep, dict))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert sorted(pip) == sorted(project["dependencies"])
+    assert f"python={sys.version_info.major}.{sys.version_info.minor}" in env["dependencies"]
+    assert project["requires-python"] == ">=3.11"
+    deploy = (REPO / "envs/fgbench.post-deploy.sh").read_text()
+    assert 'pip install --no-deps --no-build-isolation -e "${FGBENCH_ROOT' in deploy
+    assert "FGBENCH_ROOT" in (REPO / "workflow/rules/common.smk").read_text()
+    rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    assert rules.count("shell:") == rules.count('"../../envs/fgbench.yaml"')
+
+
+def job_resources(output: str, rule: str) -> list:
+    """The resources of every job of ``rule`` in a dry run's output, as {name: value}."""
+    jobs = [job for job in re.split(r"\n(?:local)?rule ", output)[1:] if job.startswith(f"{rule}:")]
+    lines = [next(line for line in job.splitlines() if line.strip().startswith("resources:")) for job in jobs]
+    return [dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", ")) for line in lines]
+
+
+def test_resources_come_from_the_config_per_rule_and_per_dataset(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["benchmark"]["mnist"] = {"closed_set": ["softmax"]}
+    cfg["resources"] = {"train": {"gpu": 1, "mem_mb": 8000, "runtime": 120, "cpus_per_task": 4, "threads": 2},
+                        "evaluate": {"mem_mb": 2000}}
+    cfg["datasets"]["mnist"] = {"resources": {"train": {"mem_mb": 16000, "runtime": 30}}}
+    out = snakemake(write_config(tmp_path, cfg), "-n", "--cores", "8").stdout
+    train = job_resources(out, "train")
+    common = {"tmpdir": "/tmp", "cpus_per_task": "4", "gpu": "1"}
+    fashion = {**common, "mem_mb": "8000", "mem": "8 GB", "mem_mib": "7630", "runtime": "120"}
+    mnist = {**common, "mem_mb": "16000", "mem": "16 GB", "mem_mib": "15259", "runtime": "30"}
+    assert train.count(fashion) == 15 and train.count(mnist) == 1
+    assert all(r == {"tmpdir": "/tmp", "gpu": "0"} for r in job_resources(out, "embed"))
+    assert {r["mem_mb"] for r in job_resources(out, "evaluate")} == {"2000"}
+    assert "threads: 2" in out.split("rule train:")[1].split("rule ")[0]
+
+
+def test_a_retried_job_gets_more_memory_and_time(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["resources"] = {"prepare": {"mem_mb": 100, "runtime": 5}}
+    cfg["datasets"]["fashion_mnist"].update(root=str(tmp_path / "missing"), download_dir=str(tmp_path / "missing"))
+    proc = snakemake(write_config(tmp_path, cfg), "--retries", "1", "--until", "prepare", check=False)
+    assert proc.returncode != 0  # the dataset is missing: both attempts fail
+    attempts = job_resources(proc.stdout + proc.stderr, "prepare")
+    assert [(r["mem_mb"], r["runtime"]) for r in attempts] == [("100", "5"), ("200", "10")]
+
+
+@pytest.mark.workflow
+def test_a_second_run_on_the_same_directory_is_refused_with_the_unlock_command(real_fashion, tmp_path):
+    cfg = tiny_config(real_fashion, benchmark={"fashion_mnist": {"open_set": ["triplet"]}}, combinations=[])
+    cfg["train"]["epochs"] = 500  # keeps the first run (and its lock) busy until it is stopped
+    write_config(tmp_path, cfg)
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        while "rule train:" not in log.read_text():  # the lock is taken before any job starts
+            assert first.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        second = snakemake(tmp_path, check=False)
+        assert first.poll() is None, "the first run ended before the second started"
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.stderr and "--unlock" in second.stderr
+
+
+# --- workflow/paper.smk: every paper config in one DAG -------------------------------------------
+
+PAPER = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow/paper.smk"), "--cores", "2"]
+EXPERIMENTS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "workflow/experiments").glob("*.yaml"))}
+
+
+def paper(workdir, *args):
+    return subprocess.run([*PAPER, "--directory", str(workdir), *args], capture_output=True, text=True)
+
+
+def train_jobs(cfg: dict) -> int:
+    return len(cfg["seeds"]) * sum(len(ms) for settings in cfg["benchmark"].values() for ms in settings.values())
+
+
+def test_paper_union_is_one_dag_of_every_experiment(tmp_path):
+    """Every paper config builds its whole DAG without data (they run on GPUs, not here), in one
+    DAG of at least 1,000 jobs (benchmarks/dag.py times it)."""
+    proc = paper(tmp_path, "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts["total"] >= 1000
+    for name, cfg in EXPERIMENTS.items():
+        assert counts[f"{name}_train"] == train_jobs(cfg), name
+        assert counts[f"{name}_prepare"] == len(cfg["benchmark"]), name
+        fewshot = [p for p in cfg["protocols"] if p.startswith("fewshot")]
+        combinations = len(cfg.get("combinations", [])) * len(fewshot) * len(cfg["benchmark"]) * len(cfg["seeds"])
+        assert counts.get(f"{name}_combine", 0) == combinations, name
+    # each experiment writes under results/<experiment>/: the 128-d and 512-d runs of the same
+    # loss on the same dataset are different files
+    for dim in (128, 512):
+        assert f"output: results/metric_learning_cub_cars_{dim}/models/cub200/open_set/triplet/seed0/model.pt" in proc.stdout
+
+
+def test_an_experiment_file_replaces_the_default_config(tmp_path):
     write_config(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))  # must not leak in
-    counts = job_counts(snakemake(tmp_path, "-n", "--configfile", str(REPO / "workflow/experiments" / experiment)).stdout)
-    runs = sum(len(methods) for settings in cfg["benchmark"].values() for methods in settings.values())
-    assert counts["train"] == runs * len(cfg["seeds"])
-    assert counts["prepare"] == len(cfg["benchmark"])
-    fewshot = [name for name in cfg["protocols"] if name.startswith("fewshot")]
-    assert counts.get("combine", 0) == len(cfg.get("combinations", [])) * len(fewshot) * len(cfg["benchmark"]) * len(cfg["seeds"])
+    experiment = REPO / "workflow/experiments/vmf_retrieval_sop.yaml"
+    counts = job_counts(snakemake(tmp_path, "-n", "--configfile", str(experiment)).stdout)
+    assert counts["train"] == train_jobs(EXPERIMENTS["vmf_retrieval_sop"]) and counts["prepare"] == 1
+
+
+def test_paper_subset_with_your_dataset_paths(tmp_path):
+    chosen = ["vmf_retrieval_cub200", "metric_learning_cub_cars_128"]
+    proc = paper(tmp_path, "-n", "--config", f"experiments=[{','.join(chosen)}]", "datasets={cub200: {root: /my/cub}}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert {k.rsplit("_", 1)[0] for k in counts if k.endswith("_train")} == set(chosen)
+    prepares = [job for job in proc.stdout.split("\nrule ") if "_prepare:" in job.split("\n")[0]]
+    cub = [job for job in prepares if "wildcards: dataset=cub200" in job]
+    assert len(cub) == 2 and all('\\"root\\": \\"/my/cub\\"' in job or '"root": "/my/cub"' in job for job in cub)
+    cars = next(job for job in prepares if "dataset=cars196" in job)
+    assert "/my/cub" not in cars and "/data/cars196" in cars
+
+
+@pytest.mark.parametrize("config, message", [
+    (["experiments=[vmf_mnsit]"], "config key 'experiments' names 'vmf_mnsit'; valid: coarse_to_fine_breeds"),
+    (["experiments=[vmf_mnist]", "datasets={cub200: {root: /x}}"],
+     "config key 'datasets.cub200' matches no dataset of the chosen experiments"),
+])
+def test_paper_bad_config(tmp_path, config, message):
+    proc = paper(tmp_path, "-n", "--config", *config)
+    assert proc.returncode != 0 and f"fgbench: config error: {message}" in proc.stderr

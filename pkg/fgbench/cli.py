@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves``: what the Snakemake rules call.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
@@ -7,6 +7,7 @@ status 2, and no partial output (every writer writes a temporary file and rename
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,17 +49,55 @@ def cmd_rearrange_val(args):
     print(f"{counts['images']} validation images in {counts['classes']} wnid folders ({how}) under {args.out}")
 
 
+def _training_processes(args) -> int:
+    """Processes ``fgbench train`` runs: one per GPU with --gpus, else --nproc."""
+    if args.nproc < 1 or args.gpus < 0:
+        raise FgbenchError(f"--nproc must be at least 1 and --gpus at least 0 (got --nproc {args.nproc}, --gpus {args.gpus})")
+    if args.gpus and args.nproc not in (1, args.gpus):
+        raise FgbenchError(f"--nproc {args.nproc} disagrees with --gpus {args.gpus}: with --gpus, training runs one "
+                           "process per GPU; leave out --nproc")
+    processes = args.gpus or args.nproc
+    if processes > 1 and "RANK" in os.environ:
+        raise FgbenchError("--nproc / --gpus start torchrun themselves; under torchrun, leave them out")
+    return processes
+
+
+def _claim_gpus(n: int) -> None:
+    if n:
+        from .devices import claim_gpus
+
+        claim_gpus(n)
+
+
 def cmd_train(args):
+    spec = _spec(args.spec)
+    ensure_writable(Path(args.out_dir) / "model.pt")
+    processes = _training_processes(args)
+    if processes > 1:
+        from .distributed import check_batch_size, launch
+
+        check_batch_size(spec["train"]["batch_size"], processes)
+        _claim_gpus(args.gpus)  # held by this process, the workers' launcher, until they finish
+        status = launch(processes, ["train", "--spec", args.spec, "--data", args.data, "--out-dir", args.out_dir])
+        if status:
+            raise SystemExit(status)  # the workers printed what went wrong
+        return
+    _claim_gpus(args.gpus)
     from .train import train
 
-    ensure_writable(Path(args.out_dir) / "model.pt")
-    train(_spec(args.spec), args.data, args.out_dir)
+    try:
+        train(spec, args.data, args.out_dir)
+    except FgbenchError:
+        if os.environ.get("RANK", "0") != "0":
+            raise SystemExit(2) from None  # every rank fails alike; rank 0 says why, once
+        raise
 
 
 def cmd_embed(args):
     from .embed import embed_split
 
     ensure_writable(args.out)
+    _claim_gpus(args.gpus)
     embed_split(args.model, args.data, args.split, _spec(args.spec), args.out, device=args.device)
 
 
@@ -129,6 +168,13 @@ def cmd_report(args):
     plot_protocol(pd.read_csv(args.summary), args.protocol, args.out)
 
 
+def cmd_curves(args):
+    from .report.curves import plot_curves
+
+    ensure_writable(args.out)
+    plot_curves(args.log, args.out, config_path=args.config, name=args.name)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fgbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -149,6 +195,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON from fgbench.config.train_spec")
     s.add_argument("--data", required=True, help="prepared dataset (.npz)")
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--nproc", type=int, default=1,
+                   help="training processes on this machine under torchrun (DDP; gloo on CPU); "
+                        "train.batch_size is the global batch, split evenly")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu) and train "
+                        "with one process per GPU (DDP over NCCL when more than one)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("embed", help="embeddings of one split, with augmented views for test")
@@ -157,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--split", default="test", choices=("train", "val", "test"))
     s.add_argument("--device", default="auto")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu); embeds on the first")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_embed)
 
@@ -192,6 +246,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("curves", help="training curves of one run (loss terms, validation Recall@1, learning rate)")
+    s.add_argument("--log", required=True, help="the run's train_log.csv")
+    s.add_argument("--config", help="the run's config.yaml, whose best_epoch is marked (default: beside the log)")
+    s.add_argument("--name", default="", help="what the title calls the run")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_curves)
 
     s = sub.add_parser("tsne", help="two-panel t-SNE plot (coarse | fine labels) of one embeddings file")
     s.add_argument("--embeddings", required=True)

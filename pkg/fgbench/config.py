@@ -49,11 +49,19 @@ DATASET_DEFAULTS = {
     "view_augment": None,  # few-shot support views; None: the dataset's default
     "eval_transform": None,  # plain features (e.g. BREEDS resize 256, centre crop 224); None: the dataset's
     "train": {},
+    "resources": {},  # per rule, as the top-level 'resources': this dataset's jobs only (e.g. SOP's memory)
 }
 # embed_layer: a layer name or a list of them (the first selects the model on validation);
 # None: the method's default layer.
 METHOD_DEFAULTS = {"params": {}, "train": {}, "embed_layer": None}
 EMBED_DEFAULTS = {"views": 5, "batch_size": 1024, "view_seed": 0}
+# Scheduling resources per rule (top-level 'resources', and per dataset): Snakemake's portable
+# names, which the SLURM executor maps to sbatch options (--gpus, --mem, -t, --cpus-per-task).
+# Cluster-specific ones (partition, account) belong in a profile, not here.
+# The local rules (aggregate, tables, plot, curves: small files, on the machine running Snakemake)
+# take none.
+RESOURCE_RULES = ("prepare", "rearrange_imagenet_val", "train", "embed", "evaluate", "combine", "tsne")
+RESOURCE_KEYS = {"gpu": 0, "mem_mb": 1, "runtime": 1, "cpus_per_task": 1, "threads": 1}  # name -> minimum
 TOP_LEVEL = {"seeds", "benchmark", "datasets", "methods", "train", "embed", "protocols", "resources",
              "report", "combinations", "imagenet_val"}
 
@@ -67,6 +75,19 @@ def _merge(base: dict, override: dict) -> dict:
         elif value is not None or key not in out:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def merge_dataset_overrides(experiments: dict, overrides: dict | None) -> dict:
+    """{name: experiment config} with ``overrides[dataset]`` (your paths, say) merged into the
+    'datasets' section of every experiment whose benchmark uses that dataset."""
+    merged = copy.deepcopy(experiments)
+    for dataset, override in (overrides or {}).items():
+        users = [cfg for cfg in merged.values() if dataset in (cfg.get("benchmark") or {})]
+        if not users:
+            raise ConfigError(f"config key 'datasets.{dataset}' matches no dataset of the chosen experiments")
+        for cfg in users:
+            cfg.setdefault("datasets", {})[dataset] = _merge(cfg["datasets"].get(dataset) or {}, override)
+    return merged
 
 
 def _positive_int(value, key):
@@ -96,6 +117,22 @@ def _check_train(train: dict, key: str):
         _one_of(train["augment"], _augment_names(), f"{key}.augment")
     _one_of(train["schedule"], ("constant", "cosine"), f"{key}.schedule")
     _one_of(train["device"], ("auto", "cpu", "cuda"), f"{key}.device")
+
+
+def _check_resources(resources, key: str) -> dict:
+    """{rule: {resource: int}}: known rules and resource names, whole numbers (runtime in minutes,
+    mem_mb in MB) at or above their minimum."""
+    for rule, values in (resources or {}).items():
+        if rule not in RESOURCE_RULES:
+            raise ConfigError(f"unknown rule '{rule}' in '{key}'; valid rules: {', '.join(RESOURCE_RULES)}")
+        for name, value in (values or {}).items():
+            if name not in RESOURCE_KEYS:
+                raise ConfigError(f"unknown resource '{name}' in '{key}.{rule}'; valid: {', '.join(RESOURCE_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < RESOURCE_KEYS[name]:
+                unit = {"runtime": " (minutes)", "mem_mb": " (MB)"}.get(name, "")
+                raise ConfigError(f"config key '{key}.{rule}.{name}' must be a whole number >= "
+                                  f"{RESOURCE_KEYS[name]}{unit}, got {value!r}")
+    return resources or {}
 
 
 def _check_protocol(name: str, proto: dict, views: int):
@@ -201,6 +238,7 @@ def _resolve_datasets(cfg: dict) -> dict:
         for key, default in (("view_augment", transforms["view"]), ("eval_transform", transforms["eval"])):
             ds[key] = default if ds[key] is None else ds[key]
             _one_of(ds[key], _augment_names(), f"datasets.{name}.{key}")
+        _check_resources(ds["resources"], f"datasets.{name}.resources")
         resolved[name] = ds
     return resolved
 
@@ -241,6 +279,7 @@ def validate(config: dict) -> dict:
         _positive_int(cfg["embed"][field], f"embed.{field}")
     _check_benchmark(cfg)
     cfg["datasets"] = _resolve_datasets(cfg)
+    cfg["resources"] = _check_resources(cfg.get("resources"), "resources")
     cfg["report"] = validate_report(cfg.get("report"))
     cfg["methods"] = _resolve_methods(cfg, cfg.get("methods") or {})
     cfg["protocols"] = _resolve_protocols(cfg.get("protocols"), cfg["embed"]["views"])
@@ -270,6 +309,15 @@ def protocols_for(cfg: dict, setting: str, method: str) -> list:
         name for name, proto in cfg["protocols"].items()
         if proto["kind"] != "closed_set" or (setting == "closed_set" and "probs" in cfg["methods"][method]["embed_layer"])
     ]
+
+
+def job_resources(cfg: dict, rule: str, dataset: str | None = None) -> dict:
+    """The resources of a job of ``rule``: the rule's (top-level 'resources'), overridden by its
+    dataset's ('datasets.<name>.resources')."""
+    own = dict(cfg["resources"].get(rule) or {})
+    if dataset is not None:
+        own.update(cfg["datasets"][dataset]["resources"].get(rule) or {})
+    return own
 
 
 def prepare_spec(cfg: dict, dataset: str) -> dict:

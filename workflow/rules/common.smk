@@ -1,7 +1,10 @@
 # Config validation, the benchmark matrix, and the per-job specs handed to `fgbench`.
+import functools
 import json
+import os
 import re
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -15,6 +18,10 @@ try:
 except FgbenchError as e:
     sys.exit(f"fgbench: config error: {e}")
 validate(config, schema="../schemas/config.schema.yaml")
+
+# For envs/fgbench.post-deploy.sh: where fgbench lives, to install it into a conda env (--sdm conda).
+# Set here, never read from the user's environment (so no `envvars:` entry).
+os.environ.update(FGBENCH_ROOT=str(Path(workflow.current_basedir).parents[1]))
 
 RUNS = fgconfig.runs(CFG)
 PROTOCOLS = list(CFG["protocols"])
@@ -35,17 +42,55 @@ wildcard_constraints:
     protocol="|".join(PROTOCOLS),
 
 
-def threads_for(rule):
-    return CFG.get("resources", {}).get(rule, {}).get("threads", 1)
+# --- Resources: config 'resources' per rule, overridden per dataset ('datasets.<name>.resources') ---
+
+
+# A retried job (the SLURM profile's `retries`) gets attempt x this memory and time: the usual
+# reasons a cluster job fails are running out of them.
+SCALED_BY_ATTEMPT = ("mem_mb", "runtime")
+
+
+def per_job(rule, key, default, by_dataset):
+    """One resource of ``rule``'s jobs: a plain value when every dataset agrees, else a function of
+    the dataset wildcard (Snakemake calls such functions once per job, which a large DAG feels)."""
+    datasets = CFG["datasets"] if by_dataset else [None]
+    values = {d: fgconfig.job_resources(CFG, rule, d).get(key, default) for d in datasets}
+    if len(set(values.values())) <= 1:
+        value = next(iter(values.values()), default)
+        if key in SCALED_BY_ATTEMPT and value is not None:
+            return lambda wildcards, attempt: value * attempt
+        return value
+    if key in SCALED_BY_ATTEMPT:
+        return lambda wildcards, attempt: None if values[wildcards.dataset] is None else values[wildcards.dataset] * attempt
+    return lambda wildcards: values[wildcards.dataset]
+
+
+def rule_threads(rule, by_dataset=True):
+    return per_job(rule, "threads", 1, by_dataset)
+
+
+def rule_resources(rule, by_dataset=True, **defaults):
+    """Snakemake resources of ``rule`` from the config (gpu, mem_mb, runtime, cpus_per_task);
+    ``defaults`` are resources the rule's command reads, so they always exist (gpu=0)."""
+    keys = {k for d in [None, *CFG["datasets"]] for k in fgconfig.job_resources(CFG, rule, d)} | set(defaults)
+    keys.discard("threads")
+    return {k: per_job(rule, k, defaults.get(k), by_dataset) for k in sorted(keys)}
 
 
 def prepare_spec(wildcards):
     return json.dumps(fgconfig.prepare_spec(CFG, wildcards.dataset))
 
 
+@functools.cache
+def run_spec(dataset, setting, method, seed):
+    """(the train spec as JSON, its hash) of one run; cached: train, embed and every evaluate job
+    of the run ask for it, and large DAGs (workflow/paper.smk) feel the cost."""
+    spec = fgconfig.train_spec(CFG, dataset, setting, method, int(seed))
+    return json.dumps(spec), fgconfig.spec_hash(spec)
+
+
 def train_spec(wildcards):
-    spec = fgconfig.train_spec(CFG, wildcards.dataset, wildcards.setting, wildcards.method, int(wildcards.seed))
-    return json.dumps(spec)
+    return run_spec(wildcards.dataset, wildcards.setting, wildcards.method, wildcards.seed)[0]
 
 
 def embed_spec(wildcards):
@@ -57,9 +102,9 @@ def protocol_spec(wildcards):
 
 
 def run_info(wildcards):
-    spec = fgconfig.train_spec(CFG, wildcards.dataset, wildcards.setting, wildcards.method, int(wildcards.seed))
+    digest = run_spec(wildcards.dataset, wildcards.setting, wildcards.method, wildcards.seed)[1]
     info = {k: wildcards[k] for k in ("dataset", "setting", "method")}
-    return json.dumps({**info, "seed": int(wildcards.seed), "config_hash": fgconfig.spec_hash(spec)})
+    return json.dumps({**info, "seed": int(wildcards.seed), "config_hash": digest})
 
 
 # --- Combinations of two models, t-SNE plots, the coarse-to-fine table ------------------------

@@ -25,7 +25,9 @@ rule prepare:
         "results/logs/prepare/{dataset}.log",
     benchmark:
         "results/benchmarks/prepare/{dataset}.tsv"
-    threads: 1
+    threads: rule_threads("prepare")
+    resources:
+        **rule_resources("prepare"),
     conda:
         "../../envs/fgbench.yaml"
     shell:
@@ -45,7 +47,9 @@ if IMAGENET_VAL:
             "results/logs/rearrange_imagenet_val.log",
         benchmark:
             "results/benchmarks/rearrange_imagenet_val.tsv"
-        threads: 1
+        threads: rule_threads("rearrange_imagenet_val", by_dataset=False)
+        resources:
+            **rule_resources("rearrange_imagenet_val", by_dataset=False),
         conda:
             "../../envs/fgbench.yaml"
         shell:

@@ -13,9 +13,11 @@ rule embed:
         f"results/logs/embed/{RUN_DIR}/{{split}}.log",
     benchmark:
         f"results/benchmarks/embed/{RUN_DIR}/{{split}}.tsv"
-    threads: threads_for("embed")
+    threads: rule_threads("embed")
+    resources:
+        **rule_resources("embed", gpu=0),
     conda:
         "../../envs/fgbench.yaml"
     shell:
         "fgbench embed --spec {params.spec:q} --model {input.model} --data {input.data} "
-        "--split {wildcards.split} --out {output.embeddings} > {log} 2>&1"
+        "--split {wildcards.split} --gpus {resources.gpu} --out {output.embeddings} > {log} 2>&1"

@@ -13,7 +13,9 @@ rule evaluate:
         f"results/logs/evaluate/{RUN_DIR}/{{protocol}}.log",
     benchmark:
         f"results/benchmarks/evaluate/{RUN_DIR}/{{protocol}}.tsv"
-    threads: threads_for("evaluate")
+    threads: rule_threads("evaluate")
+    resources:
+        **rule_resources("evaluate"),
     conda:
         "../../envs/fgbench.yaml"
     shell:
@@ -38,7 +40,9 @@ rule combine:
         "results/logs/combine/{dataset}/{setting}/{combination}/seed{seed}/{protocol}.log",
     benchmark:
         "results/benchmarks/combine/{dataset}/{setting}/{combination}/seed{seed}/{protocol}.tsv"
-    threads: threads_for("combine")
+    threads: rule_threads("combine")
+    resources:
+        **rule_resources("combine"),
     conda:
         "../../envs/fgbench.yaml"
     shell:

@@ -1,12 +1,14 @@
-# Tables across seeds, the papers' coarse-to-fine table, one plot per protocol, t-SNE maps;
-# `snakemake --report` collects them.
-localrules:
-    aggregate,
-    tables,
-    plot,
+# Tables across seeds, the papers' tables, one plot per protocol, t-SNE maps, training curves;
+# `snakemake --report` collects them (the papers' tables are drawn on its start page by
+# workflow/report/workflow.rst). All but t-SNE are cheap: `localrule: True` keeps them off a
+# cluster (per rule rather than a `localrules:` list, which workflow/paper.smk's prefixed
+# module rules would not match).
+# Every run's training curves (a few KB of CSV each: cheap, so they stay local on a cluster).
+CURVE_PLOTS = [f"results/plots/curves/{d}/{s}/{m}/seed{seed}.png" for d, s, m, seed in RUNS]
 
 
 rule aggregate:
+    localrule: True
     input:
         ALL_METRICS,
     output:
@@ -32,6 +34,7 @@ rule aggregate:
 
 # The papers' tables: coarse-to-fine few-shot, retrieval, closed-set accuracy and calibration.
 rule tables:
+    localrule: True
     input:
         summary=rules.aggregate.output.csv,
     output:
@@ -57,6 +60,7 @@ rule tables:
 
 
 rule plot:
+    localrule: True
     input:
         summary=rules.aggregate.output.csv,
     output:
@@ -94,9 +98,38 @@ rule tsne:
         f"results/logs/tsne/{RUN_DIR}.log",
     benchmark:
         f"results/benchmarks/tsne/{RUN_DIR}.tsv"
-    threads: 1
+    threads: rule_threads("tsne")
+    resources:
+        **rule_resources("tsne"),
     conda:
         "../../envs/fgbench.yaml"
     shell:
         "fgbench tsne --embeddings {input.embeddings} --points {params.points} --name {params.name:q} "
+        "--out {output.png} > {log} 2>&1"
+
+
+# Loss terms, validation Recall@1 and learning rate of one run against epoch; the selected
+# (best validation) epoch, read from the run's config.yaml, is marked.
+rule curves:
+    localrule: True
+    input:
+        log_csv=rules.train.output.log_csv,
+        config=rules.train.output.config,
+    output:
+        png=report(
+            f"results/plots/curves/{RUN_DIR}.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels={"dataset": "{dataset}", "setting": "{setting}", "method": "{method}", "seed": "{seed}"},
+        ),
+    params:
+        name=lambda wildcards: f"{wildcards.method}, {wildcards.dataset} {wildcards.setting}, seed {wildcards.seed}",
+    log:
+        f"results/logs/curves/{RUN_DIR}.log",
+    benchmark:
+        f"results/benchmarks/curves/{RUN_DIR}.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench curves --log {input.log_csv} --config {input.config} --name {params.name:q} "
         "--out {output.png} > {log} 2>&1"

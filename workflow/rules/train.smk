@@ -1,4 +1,5 @@
-# Train one method on one setting with one seed; resumes from its last checkpoint.
+# Train one method on one setting with one seed; resumes from its last checkpoint. The job claims
+# resources.gpu free GPUs of its machine (one DDP process each when more than one).
 rule train:
     input:
         data=rules.prepare.output.data,
@@ -13,10 +14,11 @@ rule train:
         f"results/logs/train/{RUN_DIR}.log",
     benchmark:
         f"results/benchmarks/train/{RUN_DIR}.tsv"
-    threads: threads_for("train")
+    threads: rule_threads("train")
     resources:
-        gpu=lambda wildcards: CFG.get("resources", {}).get("train", {}).get("gpu", 0),
+        **rule_resources("train", gpu=0),
     conda:
         "../../envs/fgbench.yaml"
     shell:
-        "fgbench train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir} > {log} 2>&1"
+        "fgbench train --spec {params.spec:q} --data {input.data} --out-dir {params.out_dir} "
+        "--gpus {resources.gpu} > {log} 2>&1"

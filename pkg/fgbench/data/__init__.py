@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
@@ -175,6 +174,8 @@ def _validation_split(name: str, module, cfg: dict, fine: np.ndarray) -> tuple:
     val_fraction = own.get("val_fraction") if val_fraction is None else val_fraction
     if val_fraction is None:
         raise ConfigError(f"config key 'datasets.{name}.val_fraction' is not set (nor val_classes)")
+    from sklearn.model_selection import train_test_split  # here: the config check imports this module
+
     try:
         return train_test_split(
             np.arange(len(fine)), test_size=val_fraction, stratify=fine, random_state=cfg["split_seed"]

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from ..errors import ConfigError
 from .images import is_in_memory
@@ -94,7 +93,7 @@ class RandomResizedCropFlip(torch.nn.Module):
         return out[0] if single else out
 
 
-def _moco_v2(size, blur=True):
+def _moco_v2(v2, size, blur=True):
     """MoCo-v2's augmentation as ANCOR/SCGM use it for BREEDS (tieredImageNet: no blur). The
     blur kernel is about a tenth of the image, as in SimCLR (MoCo's PIL blur has no kernel size)."""
     steps = [
@@ -111,24 +110,26 @@ def _resize_size(size):
     return round(size * 256 / 224)  # ImageNet's Resize(256) before a 224 crop
 
 
-# name -> builder(image_size): the training augmentations, few-shot support views and eval transforms.
+# name -> builder(v2, image_size): the training augmentations, few-shot support views and eval
+# transforms. v2 is torchvision.transforms.v2, imported only when a transform is built: the config
+# check in the Snakemake process needs the names alone, and torchvision takes a second to import.
 AUGMENTS = {
-    "none": lambda size: None,
+    "none": lambda v2, size: None,
     # Mild crop and flip for 28x28 images (few-shot support views on Fashion-MNIST).
-    "crop_flip": lambda size: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
+    "crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
     # ANCOR's CIFAR pretraining: RandomResizedCrop(scale 0.2-1) and flip only.
-    "rrc_flip": lambda size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
+    "rrc_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
     # RevDML's training augmentation: torchvision's default scale (0.08-1) and flip.
-    "random_resized_crop_flip": lambda size: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
-    "flip": lambda size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
+    "random_resized_crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
+    "flip": lambda v2, size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
     "moco_v2": _moco_v2,
-    "moco_v2_noblur": lambda size: _moco_v2(size, blur=False),
-    "pad_crop_flip": lambda size: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
+    "moco_v2_noblur": lambda v2, size: _moco_v2(v2, size, blur=False),
+    "pad_crop_flip": lambda v2, size: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
     # vMF's CIFAR training: RandomCrop(32, padding 4, reflect) and flip (its 8x8 occlusion is not applied).
-    "reflect_crop_flip": lambda size: v2.Compose([
+    "reflect_crop_flip": lambda v2, size: v2.Compose([
         v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()]),
-    "resize_center_crop": lambda size: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
-    "resize_random_crop_flip": lambda size: v2.Compose([
+    "resize_center_crop": lambda v2, size: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
+    "resize_random_crop_flip": lambda v2, size: v2.Compose([
         v2.Resize(_resize_size(size), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
 }
 
@@ -137,7 +138,9 @@ def build_augment(name: str, image_size: int):
     """The transform ``name`` (see AUGMENTS) for square images of ``image_size``; None for none."""
     if name not in AUGMENTS:
         raise ConfigError(f"unknown augmentation '{name}'; valid: {', '.join(AUGMENTS)}")
-    return AUGMENTS[name](image_size)
+    from torchvision.transforms import v2
+
+    return AUGMENTS[name](v2, image_size)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -37,8 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.special
-import scipy.stats
 import torch
 
 # Chunking of episodes: gathered inputs stay below _MEMORY_ELEMENTS floats
@@ -342,6 +340,7 @@ def fit_logreg(
 
 def logreg_objective(X, y, coef, intercept, C: float = 1.0) -> float:
     """scikit-learn's objective 0.5||W||^2 + C * sum CE for one episode."""
+    import scipy.special  # scipy here and below, not at the top: the config check imports this module
     logits = X @ coef.T + intercept
     ce = scipy.special.logsumexp(logits, axis=1) - logits[np.arange(len(y)), y]
     return 0.5 * float(np.sum(coef**2)) + C * float(ce.sum())
@@ -452,6 +451,8 @@ def mean_ci95(values) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     if v.size < 2:
         return float(v.mean()), float("nan")
+    import scipy.stats
+
     h = scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     return float(v.mean()), float(h)
 

@@ -4,6 +4,10 @@ A method is an ``nn.Module`` registered by name. It declares the labels it train
 (``coarse``; ``supervised``: whichever label the setting provides; ``none``), builds its heads on
 a backbone, and implements ``training_step`` (and optionally ``on_epoch_start``) and
 ``embed(images, layer)``. The training loop owns devices, precision, logging and checkpoints.
+
+Under DDP (``fgbench.distributed``) ``training_step`` gets this rank's slice of the global
+batch; a loss that couples the samples of a batch computes on ``global_batch(...)``, and an epoch
+hook that passes over the training set gets this rank's part of it and gathers what it needs.
 """
 
 import inspect
@@ -21,6 +25,9 @@ class Method(nn.Module):
     layers = ("backbone", "head")
     default_layer = "head"
     views = 1  # augmented views of each image per batch: 2 for two-crop contrastive methods
+    # Under DDP BatchNorm becomes SyncBatchNorm (N processes = one process with the global batch),
+    # unless the method keeps per-rank BatchNorm and shuffles the batch across ranks (MoCo).
+    shuffle_bn = False
     # State-dict key prefixes only training needs (key encoders, queues, pseudo-labels): kept in
     # checkpoints for an exact resume, left out of model.pt, which only has to embed.
     training_only = ()
@@ -43,7 +50,9 @@ class Method(nn.Module):
         """Hook for per-epoch work (SCGM's E-step, LSD's teacher snapshot). ``epoch`` counts from
         0; ``batches()`` iterates once over the whole training set in training batches (same
         dicts as ``training_step`` gets, augmented, on the model's device, random order);
-        ``batches(augment=False)`` gives the plain (eval-transform) images in index order."""
+        ``batches(augment=False)`` gives the plain (eval-transform) images in index order. Under
+        DDP each rank gets its slice of every batch: gather before deciding anything global, and
+        the decision must be the same on every rank."""
 
     def embed(self, images, layer: str):
         raise NotImplementedError

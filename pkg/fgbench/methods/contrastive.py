@@ -23,8 +23,9 @@ SHARED_DEVIATIONS = [
     "momentum update over the whole state dict (parameters and BatchNorm running statistics, as "
     "ANCOR's k2q mapping; MoCo's code averages parameters only); the key encoder never runs in eval "
     "mode, so its running statistics do not affect training",
-    "single-process runs: shuffle-BN and the key all-gather are identities (the helpers implement "
-    "MoCo's DDP version); BatchNorm statistics are over the whole batch, not 64 images per GPU",
+    "in one process shuffle-BN and the key all-gather are identities and BatchNorm statistics are over "
+    "the whole batch, not 64 images per GPU; under DDP (fgbench train --gpus N) BatchNorm is per rank "
+    "with MoCo's shuffle-BN and the keys of all ranks enter the queue, as in MoCo's code",
     "queues start as random unit vectors (as the code does) and wrap for any batch size (the code "
     "assumes the queue size is a multiple of the batch size)",
 ]
@@ -50,6 +51,7 @@ class MomentumEncoder(Method):
     (copies, no gradient), moved towards the query encoder by ``update_key_encoder``."""
 
     views = 2
+    shuffle_bn = True  # per-rank BatchNorm; the keys go through MoCo's shuffle-BN (``keys``)
     training_only = ("key_backbone.", "key_projector.", "queue.", "queues.")
 
     def __init__(self, backbone, projector: nn.Module, *, momentum: float):

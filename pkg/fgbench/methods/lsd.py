@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..distributed import global_batch
 from .base import Method, build_method, get_method_class, list_methods, register_method
 from .metric_learning import EmbeddingMethod
 
@@ -96,15 +97,16 @@ class LSD(Method):
         object.__setattr__(self, "teacher", teacher)
 
     def training_step(self, batch):
-        images, labels = batch["images"], batch["labels"]
-        student = self.base(images).float()
+        images = batch["images"]
+        # under DDP the base loss and the (B, B) similarity lists are those of the global batch
+        student, labels = global_batch(self.base(images).float(), batch["labels"])
         base = self.base.loss_fn(student, labels)
         weight = self.ramp() * self.alpha * self.tau**2
         if weight == 0:
             return base, {"base_loss": base.item(), "kd_loss": 0.0, "kd_weight": 0.0}
         self.teacher.train(self.training)  # as the student: LSD never switches its teacher to eval
         with torch.no_grad():
-            teacher = self.teacher(images).float()
+            teacher = global_batch(self.teacher(images).float())
         kd = listwise_kl(student, teacher, self.tau)
         return base + weight * kd, {"base_loss": base.item(), "kd_loss": kd.item(), "kd_weight": weight}
 

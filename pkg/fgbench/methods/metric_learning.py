@@ -22,6 +22,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
+from ..distributed import global_batch
 from .base import Method, register_method
 
 REVDML = "Roth et al., ICML 2020 (RevDML)"
@@ -86,8 +87,10 @@ class EmbeddingMethod(Method):
 
     def training_step(self, batch):
         # float32: pml casts a loss's parameters to the embeddings' dtype, which under autocast
-        # would turn proxies into float16 for good
-        return self.loss_fn(self(batch["images"]).float(), batch["labels"]), {}
+        # would turn proxies into float16 for good. Under DDP the loss (its pairs, triplets and
+        # miner draws) is the single-process loss of the global batch (see global_batch).
+        embeddings, labels = global_batch(self(batch["images"]).float(), batch["labels"])
+        return self.loss_fn(embeddings, labels), {}
 
     def embed(self, images, layer=None):
         return self.backbone(images) if self.check_layer(layer) == "backbone" else self(images)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import broadcast_from_main, gather_uneven
 from .base import Method, register_method
 from .contrastive import ANCOR, SHARED_DEVIATIONS
 
@@ -155,7 +156,11 @@ class SubclassEM:
         """One pass over ``batches`` (dicts with images, labels, index) in the model's current
         mode (the loop calls it in train mode, as the released code: augmented views, BN batch
         statistics, BN running stats updated), then Sinkhorn; labels are stored by ``index``.
-        Samples the pass does not visit keep their previous label."""
+        Samples the pass does not visit keep their previous label.
+
+        Under DDP each rank embeds its part of every batch; Sinkhorn's equal-size partition is
+        over all samples, so the rows of all ranks are gathered first, and rank 0's labels are
+        broadcast (Sinkhorn's argmax must give every rank the same pseudo-labels)."""
         log_p, index = [], []
         for batch in batches:
             e = self.estep_embedding(batch["images"]).float()
@@ -163,8 +168,9 @@ class SubclassEM:
             index.append(batch["index"])
         if not index:
             return
-        labels = sinkhorn_knopp(torch.cat(log_p), self.lam, self.sinkhorn_tol)
-        self.subclass_labels[torch.cat(index).to(self.subclass_labels.device)] = labels.to(self.subclass_labels.device)
+        log_p, index = gather_uneven(torch.cat(log_p)), gather_uneven(torch.cat(index))
+        labels = broadcast_from_main(sinkhorn_knopp(log_p, self.lam, self.sinkhorn_tol))
+        self.subclass_labels[index.to(self.subclass_labels.device)] = labels.to(self.subclass_labels.device)
 
 
 @register_method("scgm_g")

@@ -26,6 +26,7 @@ from torch.utils.data import Sampler
 
 from ..errors import ConfigError
 from ..models.momentum import momentum_update
+from ..distributed import broadcast_from_main, gather_uneven, global_batch
 from .base import Method, register_method
 
 
@@ -289,13 +290,23 @@ class STML(Method):
 
     def training_step(self, batch):
         images = torch.cat([batch["images"], batch["view2"]])
-        index = torch.cat([batch["index"], batch["index"]])
         s_f, s_g = self.student(images)
         t_g = self.teacher(images)
+        # Every term couples all 2B crops: under DDP they are those of the global batch, in the
+        # single-process order [all first views; all second views].
+        s_f, s_g, t_g = (self._global_views(x) for x in (s_f, s_g, t_g))
+        index = global_batch(batch["index"])
+        index = torch.cat([index, index])
         terms = self.loss_terms(s_f, s_g, t_g, index)
         loss = terms["rc"] + self.kl_weight * terms["kl"]
         self.update_teacher()
         return loss, {"rc_loss": terms["rc"].item(), "kl_loss": terms["kl"].item()}
+
+    @staticmethod
+    def _global_views(x):
+        """[view 1; view 2] of this rank's slice -> [view 1; view 2] of the global batch."""
+        first, second = x.chunk(2)
+        return torch.cat([global_batch(first), global_batch(second)])
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, batches) -> None:
@@ -304,12 +315,13 @@ class STML(Method):
         self.eval()
         encode = self.teacher if self.nn_encoder == "teacher" else (lambda x: self.student(x)[1])
         embeddings, order = [], []
-        for batch in batches(augment=False):
+        for batch in batches(augment=False):  # under DDP this rank's part of the training set
             embeddings.append(encode(batch["images"]).float())
             order.append(batch["index"])
         self.train(was_training)
-        embeddings = torch.cat(embeddings)[torch.argsort(torch.cat(order))]
-        self._neighbours = nearest_neighbours(embeddings, self.nn_per_seed)
+        embeddings, order = gather_uneven(torch.cat(embeddings)), gather_uneven(torch.cat(order))
+        embeddings = embeddings[torch.argsort(order)]
+        self._neighbours = broadcast_from_main(nearest_neighbours(embeddings, self.nn_per_seed))
 
     def batch_sampler(self, batch_size: int, generator):
         if self._neighbours is None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..distributed import global_batch, is_main, sum_over_ranks
 from .base import Method, register_method
 
 PAPER = "Scott, Gallagher, Mozer, von Mises-Fisher Loss, ICCV 2021 (arXiv 2103.15718)"
@@ -255,9 +256,12 @@ class SoftmaxFamily(Method):
         return F.softmax(self.logits(z), dim=1)
 
     def training_step(self, batch):
-        z = self.embedding(batch["images"])
+        # Under DDP the loss is that of the global batch: the same per-sample terms, and vMF's
+        # Monte-Carlo draws come from the global RNG, which is the same on every rank, so drawn
+        # per slice every rank would draw the same noise for different samples.
+        z, labels = global_batch(self.embedding(batch["images"]), batch["labels"])
         with _float32(z.device.type):
-            loss = self.loss(z.float(), batch["labels"])
+            loss = self.loss(z.float(), labels)
         logs = {"beta": self.beta.item()} if self.learns_temp else {}
         return loss, logs
 
@@ -446,15 +450,17 @@ class VMFSoftmax(SoftmaxFamily):
         if not torch.isnan(self.z_kappa_mult):
             return
         total, count = 0.0, 0
-        for batch in batches():
+        for batch in batches():  # under DDP this rank's part of the training set
             f = self.head(self.backbone(batch["images"])).float()
             total += f.abs().sum().item()
             count += f.numel()
+        total, count = sum_over_ranks(torch.tensor([total, count], dtype=torch.float64)).tolist()
         if count == 0:
             raise RuntimeError("vMF's z-kappa multiplier needs at least one training batch")
         mean_abs = total / count
         self.z_kappa_mult.fill_(self.kappa_scale() / mean_abs)
-        print(f"vmf: set z-kappa-mult {self.z_kappa_mult.item():.4f} (E|z_j| = {mean_abs:.4g})", flush=True)
+        if is_main():
+            print(f"vmf: set z-kappa-mult {self.z_kappa_mult.item():.4f} (E|z_j| = {mean_abs:.4g})", flush=True)
 
     def loss(self, z, labels):
         kappa = z.norm(dim=1, keepdim=True)

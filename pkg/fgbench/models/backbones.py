@@ -6,7 +6,6 @@ methods put their heads on top.
 """
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import ConfigError
@@ -54,6 +53,8 @@ class TorchvisionBackbone(nn.Module):
     def __init__(self, arch: str, *, weights=None, weights_file=None, frozen_bn: bool = False, in_channels: int = 3,
                  first_conv_3x3: bool = False):
         super().__init__()
+        import torchvision  # here, not at the top: the config check imports this module too
+
         extra = {"aux_logits": False, "init_weights": weights is None} if arch == "googlenet" else {}
         net = torchvision.models.get_model(arch, weights=weights, **extra)
         if (in_channels != 3 or first_conv_3x3) and arch == "googlenet":

@@ -1,4 +1,4 @@
-"""Training: the loop, checkpoints and resume."""
+"""Training: the loop, checkpoints and resume (multi-process DDP through fgbench.distributed)."""
 
 from .loop import build_model, load_model, train
 

@@ -4,7 +4,11 @@ the validation split (never the test split).
 Reproducibility: every epoch starts by seeding torch, numpy and the batch sampler from
 (seed, epoch), so an epoch's batches and augmentations do not depend on what ran before it;
 together with the optimizer state in the checkpoint, a run killed after epoch k and restarted
-ends with exactly the weights of an uninterrupted run (on CPU).
+ends with exactly the weights of an uninterrupted run (on CPU). The checkpoint is written to a
+temporary file and renamed, so a kill during the write leaves the previous one intact.
+
+Under torchrun (``distributed``) every rank runs this loop on its slice of each global batch;
+rank 0 alone validates, prints and writes files, and every rank resumes from the checkpoint.
 """
 
 import csv
@@ -31,6 +35,7 @@ from ..evaluate.retrieval import nearest_neighbours, recall_at_k
 from ..io import atomic_path, atomic_write_text
 from ..methods import build_method, get_method_class
 from ..models import Normalize, get_backbone
+from .. import distributed
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -119,7 +124,7 @@ def _loader(spec, dataset, labels, generator, whole_set=False, batches=None):
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t["num_workers"])
 
 
-def _plain_batches(spec, images, labels, device):
+def _plain_batches(spec, images, labels):
     """The training images through the eval transform, in index order, as training-batch dicts
     (STML's teacher pass); the same pipeline as embedding (``eval_batches``)."""
     t = spec["train"]
@@ -128,12 +133,19 @@ def _plain_batches(spec, images, labels, device):
     for x in eval_batches(images, transform, None, t["batch_size"], t["num_workers"]):
         index = torch.arange(start, start + len(x))
         start += len(x)
-        yield {"images": x.to(device), "labels": labels[index].to(device), "index": index.to(device)}
+        yield {"images": x, "labels": labels[index], "index": index}
 
 
 def _on_device(batches, device):
     for batch in batches:
         yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _shares(batches, even=True):
+    """This rank's slice of each global batch (every rank loaded and augmented the whole batch,
+    drawing the same random numbers as one process would; see ``distributed``)."""
+    for batch in batches:
+        yield distributed.share(batch, even=even)
 
 
 def learning_rate(train: dict, epoch: int) -> float:
@@ -181,6 +193,14 @@ def _save(obj, path):
         torch.save(obj, tmp)
 
 
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files of writes a kill interrupted (``atomic_path`` names them ``.<name>.*.tmp*``);
+    the files they were meant to replace are intact."""
+    for name in (CHECKPOINT, "model.pt", "train_log.csv", "config.yaml"):
+        for tmp in out_dir.glob(f".{name}.*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
 class _Run:
     """State of one training run: what a checkpoint holds."""
 
@@ -204,21 +224,28 @@ class _Run:
         self.epoch, self.best, self.log = ckpt["epoch"], ckpt["best"], ckpt["log"]
 
 
-def _train_epoch(run, loader, device, use_amp, epoch):
-    run.method.train()
+def _train_epoch(run, step_module, loader, device, use_amp, epoch):
+    """One pass over ``loader``; ``step_module(batch)`` is the method's training step (in DDP
+    under torchrun). Returns the epoch's mean loss and logs, averaged over the ranks."""
+    step_module.train()
     totals, steps = {}, 0
-    for step, batch in enumerate(tqdm(_on_device(loader, device), total=len(loader), desc=f"epoch {epoch}", mininterval=10, leave=False)):
+    batches = _on_device(_shares(loader), device)
+    progress = tqdm(batches, total=len(loader), desc=f"epoch {epoch}", mininterval=10, leave=False, disable=not distributed.is_main())
+    for step, batch in enumerate(progress):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            loss, logs = run.method.training_step(batch)
-        if not torch.isfinite(loss):
+            loss, logs = step_module(batch)
+        # the mean over the ranks: the global batch's loss (for per-sample means over equal
+        # slices), and the same verdict on every rank, so that all of them stop together
+        values = distributed.mean_over_ranks(torch.tensor([loss.item(), *logs.values()], dtype=torch.float64))
+        if not math.isfinite(values[0]):
             kept = (f"the checkpoint of the last completed epoch ({run.epoch - 1}) is kept; lower the learning "
                     "rate and rerun to resume from it") if run.epoch else "no epoch completed, so no checkpoint exists"
-            raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; {kept}")
+            raise TrainingError(f"the loss became {values[0].item()} at epoch {epoch}, step {step}; {kept}")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
-        for k, v in {"loss": loss.item(), **logs}.items():
+        for k, v in zip(["loss", *logs], values.tolist()):
             totals[k] = totals.get(k, 0.0) + v
         steps += 1
     return {k: v / max(steps, 1) for k, v in totals.items()}
@@ -240,18 +267,21 @@ def _validation_score(method, spec, val, device):
 
 def train(spec: dict, data_path, out_dir) -> None:
     """Train ``spec`` (see config.train_spec) on the prepared data; write model.pt,
-    train_log.csv and config.yaml into ``out_dir``, resuming from its checkpoint if any."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(spec["train"]["device"])
+    train_log.csv and config.yaml into ``out_dir``, resuming from its checkpoint if any. Under
+    torchrun, this process is one rank of a DDP group (see ``distributed``)."""
+    device = distributed.worker_device(pick_device(spec["train"]["device"]))
+    with distributed.process_group(device):
+        _train(spec, data_path, Path(out_dir), device)
+
+
+def _train(spec, data_path, out_dir, device):
+    main, world = distributed.is_main(), distributed.world_size()
+    distributed.check_batch_size(spec["train"]["batch_size"], world)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out_dir)
     use_amp = spec["train"]["amp"] and device.type == "cuda"
-    data = load_prepared(data_path)
-    setting = spec["setting_def"]
-    train_split = data.splits["train"].with_classes(setting["train_classes"])
-    val_split = data.splits["val"].with_classes(setting["train_classes"])
-    classes, labels = training_labels(spec, train_split)
-    if spec["train"]["label_noise"]:  # training labels only; the run's seed fixes the flips
-        labels = torch.from_numpy(symmetric_label_noise(labels.numpy(), spec["train"]["label_noise"], spec["seed"]))
+    train_split, val_split, classes, labels = _splits(spec, data_path)
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
     augment = build_augment(spec["train"]["augment"], spec["image_size"])
@@ -259,44 +289,96 @@ def train(spec: dict, data_path, out_dir) -> None:
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
+    if world > 1 and not method.shuffle_bn:
+        method = distributed.sync_batchnorm(method, device)
     run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=use_amp))
     digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["spec_hash"] == digest:
-            run.restore(ckpt)
-            print(f"resuming from {ckpt_path} after epoch {run.epoch}", flush=True)
-        else:
-            print(f"ignoring {ckpt_path}: it was written for another config", flush=True)
+    _resume(run, ckpt_path, digest, device)
+    if main:
+        _announce(spec, device, world)
+    step_module = distributed.wrap(method, device)
 
     for epoch in range(run.epoch, spec["train"]["epochs"]):
         started = time.time()
-        seed_everything(epoch_seed(spec["seed"], epoch))
-        generator = torch.Generator().manual_seed(epoch_seed(spec["seed"], epoch))
-        _set_learning_rate(run.optimizer, learning_rate(spec["train"], epoch))
-        run.method.train()
+        generator = _start_epoch(run, spec, epoch)
 
         def batches(augment=True):
-            if not augment:
-                return _plain_batches(spec, train_split.images, labels, device)
-            return _on_device(_loader(spec, dataset, labels, generator, whole_set=True), device)
+            if augment:
+                source = _loader(spec, dataset, labels, generator, whole_set=True)
+            else:
+                source = _plain_batches(spec, train_split.images, labels)
+            return _on_device(_shares(source, even=False), device)
 
         run.method.on_epoch_start(epoch, batches)
         own = run.method.batch_sampler(spec["train"]["batch_size"], generator)
-        stats = _train_epoch(run, _loader(spec, dataset, labels, generator, batches=own), device, use_amp, epoch)
-        score = _validation_score(run.method, spec, val_split, device)
-        if score is None or score > run.best["score"]:
-            run.best = {"epoch": epoch, "score": score if score is not None else -float("inf"),
-                        "state": {k: v.detach().cpu().clone() for k, v in run.method.inference_state().items()}}
+        stats = _train_epoch(run, step_module, _loader(spec, dataset, labels, generator, batches=own), device, use_amp, epoch)
         run.epoch = epoch + 1
-        run.log.append({"epoch": epoch, "lr": learning_rate(spec["train"], epoch), **stats, "val_recall@1": score, "seconds": round(time.time() - started, 2)})
-        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in run.log[-1].items() if isinstance(v, float)), flush=True)
-        _save(run.state(digest), ckpt_path)
+        if main:
+            _finish_epoch(run, spec, val_split, device, epoch, stats, started)
+            _save(run.state(digest), ckpt_path)
 
-    _save({"spec": spec, "state_dict": run.best["state"], "best_epoch": run.best["epoch"],
-           "num_classes": len(classes), "num_samples": len(dataset), "input_shape": input_shape,
+    if main:
+        _write_outputs(run, spec, out_dir, {"num_classes": len(classes), "num_samples": len(dataset), "input_shape": input_shape})
+        ckpt_path.unlink()  # the run is complete; model.pt holds the selected weights
+
+
+def _splits(spec, data_path):
+    """(train split, validation split, training classes, training labels) of the setting."""
+    data = load_prepared(data_path)
+    setting = spec["setting_def"]
+    train_split = data.splits["train"].with_classes(setting["train_classes"])
+    val_split = data.splits["val"].with_classes(setting["train_classes"])
+    classes, labels = training_labels(spec, train_split)
+    if spec["train"]["label_noise"]:  # training labels only; the run's seed fixes the flips
+        labels = torch.from_numpy(symmetric_label_noise(labels.numpy(), spec["train"]["label_noise"], spec["seed"]))
+    return train_split, val_split, classes, labels
+
+
+def _announce(spec, device, world) -> None:
+    print(f"training {spec['method']} on {device}", flush=True)
+    if distributed.active():
+        batch = spec["train"]["batch_size"]
+        print(f"distributed: {world} process{'es' if world > 1 else ''} ({torch.distributed.get_backend()}), "
+              f"{batch // world} samples each of every global batch of {batch}", flush=True)
+
+
+def _resume(run, ckpt_path, digest, device) -> None:
+    """Every rank loads the checkpoint (rank 0 wrote it); a checkpoint of another config is ignored."""
+    if not ckpt_path.exists():
+        return
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if ckpt["spec_hash"] != digest:
+        if distributed.is_main():
+            print(f"ignoring {ckpt_path}: it was written for another config", flush=True)
+        return
+    run.restore(ckpt)
+    if distributed.is_main():
+        print(f"resuming from {ckpt_path} after epoch {run.epoch}", flush=True)
+
+
+def _start_epoch(run, spec, epoch):
+    """Seed everything from (seed, epoch), set the epoch's learning rate; return the epoch's
+    batch generator."""
+    seed_everything(epoch_seed(spec["seed"], epoch))
+    _set_learning_rate(run.optimizer, learning_rate(spec["train"], epoch))
+    run.method.train()
+    return torch.Generator().manual_seed(epoch_seed(spec["seed"], epoch))
+
+
+def _finish_epoch(run, spec, val_split, device, epoch, stats, started) -> None:
+    """Rank 0: score on validation, keep the best state, log the epoch."""
+    score = _validation_score(run.method, spec, val_split, device)
+    if score is None or score > run.best["score"]:
+        run.best = {"epoch": epoch, "score": score if score is not None else -float("inf"),
+                    "state": {k: v.detach().cpu().clone() for k, v in run.method.inference_state().items()}}
+    run.log.append({"epoch": epoch, "lr": learning_rate(spec["train"], epoch), **stats, "val_recall@1": score, "seconds": round(time.time() - started, 2)})
+    print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in run.log[-1].items() if isinstance(v, float)), flush=True)
+
+
+def _write_outputs(run, spec, out_dir, shapes: dict) -> None:
+    """model.pt (the selected weights), train_log.csv and config.yaml."""
+    _save({"spec": spec, "state_dict": run.best["state"], "best_epoch": run.best["epoch"], **shapes,
            "fgbench_version": __version__},
           out_dir / "model.pt")
     _write_log(run.log, out_dir / "train_log.csv")
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({**spec, "best_epoch": run.best["epoch"]}, sort_keys=False))
-    ckpt_path.unlink()  # the run is complete; model.pt holds the selected weights
