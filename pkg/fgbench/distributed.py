@@ -280,15 +280,20 @@ def global_batch(*tensors):
         return tensors[0] if len(tensors) == 1 else tensors
     from torch.distributed.nn.functional import all_gather
 
-    out = []
-    for x in tensors:
-        if x.requires_grad:
-            parts = _quiet(all_gather, x)
-        else:
-            parts = [torch.empty_like(x) for _ in range(world_size())]
-            dist.all_gather(parts, x.contiguous())
-        out.append(torch.cat(parts))
+    out = [torch.cat(_quiet(all_gather, x)) if x.requires_grad else concat_all_gather(x) for x in tensors]
     return out[0] if len(out) == 1 else tuple(out)
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """``x`` of every rank concatenated along dim 0 in rank order, no gradient (MoCo's
+    ``concat_all_gather``); ``x`` itself without a process group. Every rank passes the same
+    shape (``gather_uneven`` for passes whose last batch may differ)."""
+    if not active():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 @torch.no_grad()

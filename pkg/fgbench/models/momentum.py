@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import active, concat_all_gather  # concat_all_gather: MoCo's name, used from here
+
 
 @torch.no_grad()
 def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
@@ -106,27 +108,12 @@ def angular_normalise(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(v, dim=-1) - F.normalize(w, dim=-1), dim=-1)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-@torch.no_grad()
-def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (no gradient); ``x`` itself without DDP.
-    Every rank must pass the same shape (the loaders drop the last partial batch)."""
-    if not _distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
 @torch.no_grad()
 def batch_shuffle(x: torch.Tensor):
     """MoCo's shuffle-BN, step 1: gather the batch of all ranks, permute it with a permutation
     drawn on rank 0 and broadcast, and give each rank its slice. Returns ``(x_shuffled,
     idx_unshuffle)``; without DDP, ``(x, arange(B))`` and no random draw."""
-    if not _distributed():
+    if not active():
         return x, torch.arange(x.shape[0], device=x.device)
     gathered = concat_all_gather(x)
     ranks = gathered.shape[0] // x.shape[0]
@@ -140,7 +127,7 @@ def batch_shuffle(x: torch.Tensor):
 def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
     """MoCo's shuffle-BN, step 2: gather the outputs of all ranks and give each rank back the
     rows of its own original samples; ``x`` itself without DDP."""
-    if not _distributed():
+    if not active():
         return x
     gathered = concat_all_gather(x)
     ranks = gathered.shape[0] // x.shape[0]
