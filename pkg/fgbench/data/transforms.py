@@ -121,6 +121,8 @@ AUGMENTS = {
     "rrc_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
     # RevDML's training augmentation: torchvision's default scale (0.08-1) and flip.
     "random_resized_crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
+    # STML's training views (its dataset/utils.py): RandomResizedCrop(scale 0.16-1) and flip.
+    "stml_crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.16, 1.0)),
     "flip": lambda v2, size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
     "moco_v2": _moco_v2,
     "moco_v2_noblur": lambda v2, size: _moco_v2(v2, size, blur=False),
