@@ -225,7 +225,7 @@ def test_nproc_and_gpus_must_agree(data, tmp_path):
 # --- CUDA: skipped without a GPU --------------------------------------------------------------
 def cuda_spec(method="supervised_coarse", **train):
     spec = run_spec(method, epochs=1, **train)
-    spec["train"].update(device="cuda", amp=True)
+    spec["train"].update(device="cuda", precision="fp16")
     return spec
 
 
@@ -275,7 +275,7 @@ def test_two_gpus_train_like_one(data, tmp_path):
     """NCCL and SyncBatchNorm on two GPUs against one GPU; cuDNN and TF32 are not bit-exact, hence
     the looser tolerance."""
     spec = cuda_spec("triplet")
-    spec["train"]["amp"] = False
+    spec["train"]["precision"] = "fp32"
     train(spec, data, tmp_path / "one")
     proc = subprocess.run([sys.executable, "-m", "fgbench.cli", "train", "--spec", json.dumps(spec), "--data", str(data),
                            "--out-dir", str(tmp_path / "two"), "--gpus", "2"], capture_output=True, text=True)

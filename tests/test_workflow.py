@@ -76,6 +76,20 @@ def test_dry_run_job_counts_for_default_config(tmp_path):
 
 
 @pytest.mark.workflow
+def test_each_run_is_retrieved_with_its_method_metric(tmp_path):
+    """The evaluate job's spec carries the run's method metric (STML's release scores its raw f
+    with Euclidean distance); other methods keep cosine."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["benchmark"] = {"fashion_mnist": {"open_set": ["triplet", "stml"]}}
+    cfg["methods"]["stml"]["metric"] = "euclidean"
+    cfg["protocols"] = {"retrieval": {}}
+    cfg.pop("combinations")
+    proc = snakemake(write_config(tmp_path, cfg), "-n", "-p", "--forceall")
+    commands = [line for line in proc.stdout.splitlines() if "fgbench evaluate" in line]
+    metric = {m: next(c for c in commands if f'"method": "{m}"' in c) for m in ("triplet", "stml")}
+    assert '"metric": "euclidean"' in metric["stml"] and '"metric": "cosine"' in metric["triplet"]
+
+
 def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
     write_config(tmp_path, tiny_config(real_fashion))
     snakemake(tmp_path)
