@@ -139,7 +139,8 @@ def test_momentum_methods_keep_per_rank_batchnorm_and_share_their_queues(data, t
     spec = run_spec("moco", epochs=epochs, params={"queue_size": queue_size})
     train_ddp(spec, data, tmp_path / "two", tmp_path / "record")
     states = [torch.load(tmp_path / "record" / f"state-{r}.pt") for r in range(2)]
-    steps = len(loop.load_prepared(data).splits["train"].fine) // 32
+    splits = loop.load_prepared(data).splits
+    steps = (len(splits["train"]) + len(splits["val"])) // 32  # label-free: trains on train + val
     assert int(states[0]["queue.ptr"]) == steps * 32 % queue_size  # every global batch entered the queue
     differing = [key for key in states[0] if not torch.equal(states[0][key], states[1][key])]
     # only the BatchNorm statistics of each rank's own half batch differ (query and key encoder)
