@@ -31,6 +31,9 @@ FIELDS = REQUIRED + OPTIONAL
 COLUMNS = ["paper", "reference", "dataset", "backbone", "epochs", "setting", "method", "layer", "protocol",
            "metric", "published", "published_ci", "interval_kind", "fgbench", "fgbench_ci", "fgbench_ci_kind",
            "n_seeds", "gap", "status", "experiment", "target", "note"]
+#: What ledger.csv holds (the report draws it on its start page: the provenance columns stay in the YAML).
+CSV_COLUMNS = ["paper", "dataset", "backbone", "epochs", "method", "layer", "protocol", "metric", "published",
+               "published_ci", "fgbench", "fgbench_ci", "n_seeds", "gap", "status", "experiment"]
 #: status: a run's value exists / the experiment or its row is not in the results / no config has the setting.
 RUN, NOT_RUN, NO_CONFIG = "run", "not run", "no config"
 
@@ -107,7 +110,8 @@ def ledger_table(rows: list[dict], summaries: dict) -> pd.DataFrame:
         value = _value(row, summaries) if row["experiment"] is not None else {}
         status = NO_CONFIG if row["experiment"] is None else RUN if value else NOT_RUN
         lines.append({**row, "published_ci": row["interval"], **value, "status": status})
-    return pd.DataFrame(lines, columns=COLUMNS)
+    table = pd.DataFrame(lines, columns=COLUMNS)
+    return table.astype({"n_seeds": "Int64", "epochs": "Int64"})  # whole numbers, blank when absent
 
 
 def _pm(value, ci) -> str:
@@ -126,7 +130,7 @@ def format_ledger_markdown(table: pd.DataFrame) -> str:
         fgbench = _pm(r.fgbench, r.fgbench_ci) if r.status == RUN else r.status
         gap = f"{r.gap:+.2f}" if r.status == RUN else "—"
         epochs = "" if pd.isna(r.epochs) else int(r.epochs)
-        experiment = r.experiment if r.experiment is not None else f"none: {r.note}"
+        experiment = f"none: {r.note}" if pd.isna(r.experiment) else r.experiment
         parts.append(f"| {r.paper} | {r.dataset} | {epochs} | {r.method} ({r.layer}) | {r.protocol} | {r.metric} | "
                      f"{_pm(r.published, r.published_ci)} | {fgbench} | {gap} | {experiment} |")
     return "\n".join(parts) + "\n"
@@ -138,6 +142,6 @@ def read_summaries(paths: dict) -> dict:
 
 
 def write_ledger(table: pd.DataFrame, csv_path, md_path) -> None:
-    """Atomically write the ledger table as CSV and Markdown."""
-    atomic_write_text(csv_path, table.to_csv(index=False))
+    """Atomically write the ledger table as CSV (:data:`CSV_COLUMNS`) and Markdown."""
+    atomic_write_text(csv_path, table[CSV_COLUMNS].to_csv(index=False))
     atomic_write_text(md_path, format_ledger_markdown(table))
