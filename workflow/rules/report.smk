@@ -157,5 +157,5 @@ rule recipes:
     conda:
         "../../envs/fgbench.yaml"
     shell:
-        "fgbench recipes --config {params.config:q} --name {params.name:q} --csv {output.csv} "
+        "fgbench recipes --config {params.config:q} --name={params.name:q} --csv {output.csv} "
         "--markdown {output.markdown} > {log} 2>&1"
