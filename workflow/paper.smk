@@ -14,6 +14,7 @@ import yaml
 
 from fgbench.config import merge_dataset_overrides
 from fgbench.errors import FgbenchError
+from fgbench.report.ledger import load_ledger
 
 EXPERIMENT_DIR = Path(workflow.basedir) / "experiments"
 KNOWN = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
@@ -51,7 +52,10 @@ report: "report/workflow.rst"
 # one): every published number beside the value of the run that targets it, from the summaries
 # of the chosen experiments; entries of the others say "not run".
 LEDGER = Path(workflow.basedir) / "ledger.yaml"
-LEDGER_EXPERIMENTS = sorted({row["experiment"] for row in yaml.safe_load(LEDGER.read_text())["rows"]} & set(EXPERIMENTS))
+try:
+    LEDGER_EXPERIMENTS = sorted({row["experiment"] for row in load_ledger(LEDGER)} & set(EXPERIMENTS))
+except FgbenchError as e:
+    sys.exit(f"fgbench: config error: {e}")
 
 
 rule ledger:
