@@ -1,4 +1,6 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves|ledger|recipes|results-doc``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves|ledger|recipes``: what rules call.
+
+``fgbench results-doc`` (by hand, after a default run) renders docs/results.md's tables.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
