@@ -93,3 +93,14 @@ def test_cli_writes_csv_and_markdown(tmp_path):
     assert main(["recipes", "--configfile", str(path), "--csv", str(csv), "--markdown", str(md)]) == 0
     assert csv.read_text().splitlines()[0] == "key," + ",".join(card_of(path).columns)
     assert main(["recipes", "--configfile", str(tmp_path / "none.yaml")]) == 2
+
+
+def test_keys_a_config_gains_appear_without_a_change_here():
+    """Rendered generically: a new train key or per-method key becomes a row (other methods: —)."""
+    cfg = validate({"seeds": [0], "benchmark": {"mnist": {"closed_set": ["softmax", "vmf"]}},
+                    "protocols": {"closed_set": {}}})
+    cfg["methods"]["softmax"]["metric"] = "euclidean"
+    cfg["methods"]["softmax"]["train"]["precision"] = "bf16"
+    card = recipe_card(cfg)
+    assert card.loc["method.metric"].to_dict() == {"softmax": "euclidean", "vmf": MISSING}
+    assert card.loc["train.precision"].to_dict() == {"softmax": "bf16", "vmf": MISSING}

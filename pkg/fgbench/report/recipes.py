@@ -3,7 +3,8 @@
 A card is rendered from the per-run train specs that ``fgbench.config`` cuts from the resolved
 config (what ``fgbench train`` receives), never written by hand, so it shows what runs. Every key
 of the spec's ``train`` section, the method's parameters (with its constructor's defaults for
-those the config leaves out: they are part of the recipe too) and the backbone becomes a row, so
+those the config leaves out: they are part of the recipe too), any other key of the method's
+config section (``method.*``) and the backbone becomes a row, so
 keys added to the config appear without a change here. One column per method (and setting, when
 a method runs in several); datasets whose recipes are identical share a column.
 """
@@ -25,7 +26,7 @@ EXECUTION_KEYS = {"train.num_workers", "train.device"}
 BUILT_ARGUMENTS = {"self", "backbone", "num_classes", "num_samples", "epochs"}
 MISSING = "—"
 #: The order of the card's sections after the run-level rows.
-SECTIONS = ("train", "params", "backbone")
+SECTIONS = ("train", "params", "method", "backbone")
 
 
 def method_defaults(method: str) -> dict:
@@ -68,6 +69,12 @@ def run_recipe(spec: dict) -> dict:
     return {k: v for k, v in recipe.items() if k not in EXECUTION_KEYS}
 
 
+def _method_keys(method_cfg: dict) -> dict:
+    """Keys of ``methods.<name>`` beside params, train and embed_layer (the spec holds those),
+    e.g. a per-method evaluation setting, as ``method.*`` rows."""
+    return _flatten("method", {k: v for k, v in method_cfg.items() if k not in ("params", "train", "embed_layer")})
+
+
 def _format(value) -> str:
     if value is None:
         return "none"
@@ -89,7 +96,8 @@ def recipe_card(cfg: dict) -> pd.DataFrame:
     for dataset, setting, method, seed in runs(cfg):
         if seed != cfg["seeds"][0]:
             continue  # the recipe is the same for every seed
-        recipe = {k: _format(v) for k, v in run_recipe(train_spec(cfg, dataset, setting, method, seed)).items()}
+        recipe = run_recipe(train_spec(cfg, dataset, setting, method, seed)) | _method_keys(cfg["methods"][method])
+        recipe = {k: _format(v) for k, v in recipe.items()}
         groups = cells.setdefault((setting, method), [])
         same = next((g for g in groups if g[1] == recipe), None)
         if same:
