@@ -4,9 +4,9 @@ A card is rendered from the per-run train specs that ``fgbench.config`` cuts fro
 config (what ``fgbench train`` receives), never written by hand, so it shows what runs. Every key
 of the spec's ``train`` section, the method's parameters (with its constructor's defaults for
 those the config leaves out: they are part of the recipe too), any other key of the method's
-config section (``method.*``) and the backbone becomes a row, so
-keys added to the config appear without a change here. One column per method (and setting, when
-a method runs in several); datasets whose recipes are identical share a column.
+config section (``method.*``) and the backbone becomes a row, so keys added to the config appear
+without a change here. One column per method (and setting, when a method runs in several);
+datasets whose recipes are identical share a column.
 """
 
 from __future__ import annotations
