@@ -99,3 +99,20 @@ def test_googlenet_with_torchvision_weights(tmp_path, monkeypatch):
 def test_googlenet_from_scratch_has_no_transform_input():
     net = get_backbone("googlenet").net
     assert not net.transform_input and net.aux1 is None and isinstance(net.dropout, torch.nn.Identity)
+
+
+def test_cifar_resnet50_initialised_as_the_vmf_release():
+    """google-research/vmf_embeddings, third_party/dml_cross_entropy/resnet.py: Kaiming-normal
+    (fan-out) convolutions, the 3x3 stem included, BatchNorm weight 1 and bias 0, and the last
+    BatchNorm of every Bottleneck (bn3) zeroed."""
+    torch.manual_seed(3)
+    net = get_backbone("resnet50", first_conv_3x3=True, zero_init_residual=True).net
+    blocks = [m for m in net.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)]
+    assert len(blocks) == 16 and all(torch.count_nonzero(b.bn3.weight) == 0 for b in blocks)
+    assert torch.equal(blocks[0].bn1.weight, torch.ones(64)) and torch.equal(net.bn1.bias, torch.zeros(64))
+    stem = net.conv1.weight  # 64 x 3 x 3 x 3: Kaiming-normal std sqrt(2 / fan_out) = sqrt(2 / 576)
+    assert stem.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.1)
+    plain = get_backbone("resnet50", first_conv_3x3=True).net  # without the option: torchvision's
+    assert torch.count_nonzero(plain.layer1[0].bn3.weight) == 256
+    with pytest.raises(ConfigError, match="zero_init_residual"):
+        get_backbone("googlenet", zero_init_residual=True)

@@ -282,6 +282,24 @@ def test_z_kappa_mult_initialisation():
     assert "z_kappa_mult" in method.state_dict()
 
 
+def test_head_and_classifier_init_follow_the_release():
+    """google-research/vmf_embeddings: archs/n_digit_mnist_arch.py applies Xavier-uniform to every
+    Linear (remap and classifier) of the MNIST network; third_party/dml_cross_entropy/resnet.py
+    leaves the remap and the (non-vMF) classifier at torch's default init (uniform, bound
+    1/sqrt(fan_in)), remap bias zero. The bounds below tell the two apart."""
+    small = make("softmax", num_classes=10, embedding_dim=3)
+    assert small.head.weight.abs().max() > 1 / math.sqrt(120) + 0.02  # Xavier bound sqrt(6/123) = 0.22
+    assert small.head.weight.abs().max() <= math.sqrt(6 / 123)
+    assert small.classifier.weight.abs().max() <= math.sqrt(6 / 13)
+    torch.manual_seed(0)
+    resnet = build_method("softmax", get_backbone("resnet18"), num_classes=10, num_samples=32, epochs=1,
+                          params={"embedding_dim": 128})
+    assert resnet.head.weight.abs().max() <= 1 / math.sqrt(512)  # Xavier would reach sqrt(6/640) = 0.097
+    assert resnet.head.weight.abs().max() > 0.9 / math.sqrt(512)
+    assert resnet.classifier.weight.abs().max() <= 1 / math.sqrt(128)
+    assert torch.count_nonzero(resnet.head.bias) == 0 and torch.count_nonzero(small.head.bias) == 0
+
+
 # --- the deterministic baselines -----------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.backbones import SmallCNN
 from ..distributed import global_batch, is_main, sum_over_ranks
 from .base import Method, register_method
 
@@ -238,8 +239,9 @@ def _float32(device_type):
 
 class SoftmaxFamily(Method):
     """Backbone -> ``head`` (the paper's ``remap``: Linear to ``embedding_dim``, zero bias) ->
-    class weights ``classifier`` (Linear(embedding_dim, C, bias=False)); Xavier-uniform linear
-    weights (``NDigitMNISTArch``). Subclasses define ``logits(z)`` (deterministic predictions)
+    class weights ``classifier`` (Linear(embedding_dim, C, bias=False)). Initialised as the
+    release: Xavier-uniform weights on ``small_cnn`` (``NDigitMNISTArch``), torch's default Linear
+    init on other backbones (its ResNet); zero head bias on both. Subclasses define ``logits(z)`` (deterministic predictions)
     and ``loss(z, labels)``. With ``learns_temp``, a learned temperature ``temp``: the logit
     scale is beta = 1 / exp(temp)."""
 
@@ -253,9 +255,10 @@ class SoftmaxFamily(Method):
         super().__init__(backbone)
         self.head = nn.Linear(backbone.out_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes, bias=False)
-        nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        nn.init.xavier_uniform_(self.classifier.weight)
+        if any(isinstance(m, SmallCNN) for m in backbone.modules()):  # NDigitMNISTArch: Xavier everywhere
+            nn.init.xavier_uniform_(self.head.weight)
+            nn.init.xavier_uniform_(self.classifier.weight)
         self.embedding_dim, self.temp_lr = embedding_dim, temp_lr
         if self.learns_temp:
             self.temp = nn.Parameter(torch.tensor(float(init_temp)))

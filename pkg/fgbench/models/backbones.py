@@ -48,21 +48,30 @@ class TorchvisionBackbone(nn.Module):
     architecture (ImageNet weights on an offline machine); the classifier's entries are ignored,
     every other entry must match. ``frozen_bn`` keeps every BatchNorm in eval mode (running
     statistics frozen, affine parameters still trained), as RevDML's ``_frozen`` architectures.
+
+    From scratch: torchvision's init (Kaiming-normal convolutions, fan-out, also for a replaced
+    stem); ``zero_init_residual`` zeroes the last BatchNorm weight of every residual block, as the
+    vMF paper's CIFAR ResNet-50 does (``third_party/dml_cross_entropy/resnet.py``).
     """
 
     def __init__(self, arch: str, *, weights=None, weights_file=None, frozen_bn: bool = False, in_channels: int = 3,
-                 first_conv_3x3: bool = False):
+                 first_conv_3x3: bool = False, zero_init_residual: bool = False):
         super().__init__()
         import torchvision  # here, not at the top: the config check imports this module too
 
         if (in_channels != 3 or first_conv_3x3) and arch == "googlenet":
             raise ConfigError("backbone 'googlenet' takes RGB images and keeps its first convolution")
-        options = _googlenet_options(weights, weights_file) if arch == "googlenet" else {}
+        if zero_init_residual and arch == "googlenet":
+            raise ConfigError("backbone 'googlenet' has no residual blocks: drop zero_init_residual")
+        options = _googlenet_options(weights, weights_file) if arch == "googlenet" else {
+            "zero_init_residual": zero_init_residual}
         net = torchvision.models.get_model(arch, weights=weights, **options)
         if first_conv_3x3:  # the vMF paper's CIFAR ResNet-50: 3x3 stride-1 stem (its max-pool stays)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if first_conv_3x3 or in_channels != 3:  # the init torchvision gives the stem it replaces
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.out_dim = net.fc.in_features
         net.fc = nn.Identity()
         if arch == "googlenet":
