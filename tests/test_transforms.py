@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import chisquare
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -116,3 +117,41 @@ def test_a_corrupt_image_in_a_worker_is_reported_by_path(tmp_path):
         list(DataLoader(EvalImages(files), batch_size=1, num_workers=1))
     message = one_line(err.value)
     assert "\n" not in message and message.startswith(f"image {tmp_path / 'bad.JPEG'} cannot be decoded")
+
+
+def test_occlusion_rule_of_the_vmf_release():
+    """google-research/vmf_embeddings, datasets/utils.py (RandomOcclusion(img_size=32, occ_size=8)):
+    an 8x8 square on every image, top and left uniform over 0..24 (randint(0, 32 - 8 + 1)), always
+    wholly inside the image, zeroed after normalisation: in raw pixels it holds the mean."""
+    from fgbench.data.transforms import RandomOcclusion
+
+    mean = (0.4914, 0.4822, 0.4465)
+    occlude = RandomOcclusion(8, fill=mean)
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32) * 0.1 + 0.9  # no pixel near the mean
+    corners = []
+    for _ in range(2000):
+        out = occlude(image)
+        changed = (out != image).any(0)
+        rows, cols = torch.nonzero(changed, as_tuple=True)
+        assert changed.sum() == 64 and rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7
+        corners.append((rows.min().item(), cols.min().item()))
+        normalised = (out[:, changed] - torch.tensor(mean)[:, None]) / torch.tensor((0.247, 0.2435, 0.2616))[:, None]
+        assert normalised.abs().max() < 1e-6
+    tops, lefts = np.array(corners).T
+    assert tops.min() == 0 and tops.max() == 24 and lefts.min() == 0 and lefts.max() == 24
+    counts = np.bincount(tops, minlength=25)
+    assert chisquare(counts).pvalue > 1e-3  # uniform over the 25 positions
+    assert torch.equal(RandomOcclusion(8)(torch.ones(1, 32, 32)).sum(), torch.tensor(1024.0 - 64))  # no mean: 0
+
+
+def test_vmf_cifar_augmentation_occludes_with_the_dataset_mean():
+    """CIFAR-10's default training augmentation is the release's reflect-pad-4 crop, flip and
+    occlusion; the training loop passes the dataset's mean as the fill."""
+    from fgbench.data import cifar10
+
+    assert cifar10.TRANSFORMS["train"] == "reflect_crop_flip_occlude"
+    torch.manual_seed(1)
+    out = build_augment("reflect_crop_flip_occlude", 32, cifar10.NORMALIZE[0])(torch.ones(3, 32, 32))
+    at_mean = (out == torch.tensor(cifar10.NORMALIZE[0])[:, None, None]).all(0)
+    assert at_mean.sum() == 64

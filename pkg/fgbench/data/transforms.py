@@ -106,41 +106,69 @@ def _moco_v2(v2, size, blur=True):
     return v2.Compose([*steps, v2.RandomHorizontalFlip()])
 
 
+def _reflect_crop_flip(v2, size):
+    """vMF's CIFAR crop: RandomCrop(32, padding 4, reflect) and a horizontal flip."""
+    return v2.Compose([v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()])
+
+
+class RandomOcclusion(torch.nn.Module):
+    """vMF's CIFAR occlusion (``datasets/utils.py``, ``RandomOcclusion``): a ``size`` x ``size``
+    square at a uniformly drawn position that lies wholly inside the image (top and left in
+    0..H - size, no clipping), on every image. The release zeroes it after normalisation, so in
+    raw pixels it is filled with the dataset's mean (``fill``, per channel; None: 0)."""
+
+    def __init__(self, size: int, fill=None):
+        super().__init__()
+        self.size, self.fill = size, fill
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _, height, width = image.shape
+        left = int(torch.randint(0, width - self.size + 1, ()))
+        top = int(torch.randint(0, height - self.size + 1, ()))
+        out = image.clone()
+        fill = torch.as_tensor(0.0 if self.fill is None else self.fill, dtype=image.dtype)
+        out[:, top : top + self.size, left : left + self.size] = fill.reshape(-1, 1, 1)
+        return out
+
+
 def _resize_size(size):
     return round(size * 256 / 224)  # ImageNet's Resize(256) before a 224 crop
 
 
-# name -> builder(v2, image_size): the training augmentations, few-shot support views and eval
-# transforms. v2 is torchvision.transforms.v2, imported only when a transform is built: the config
+# name -> builder(v2, image_size, mean): the training augmentations, few-shot support views and
+# eval transforms; mean is the dataset's per-channel mean (None: not normalised), the raw pixel
+# value that normalisation maps to 0. v2 is torchvision.transforms.v2, imported only when a transform is built: the config
 # check in the Snakemake process needs the names alone, and torchvision takes a second to import.
 AUGMENTS = {
-    "none": lambda v2, size: None,
+    "none": lambda v2, size, mean: None,
     # Mild crop and flip for 28x28 images (few-shot support views on Fashion-MNIST).
-    "crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
+    "crop_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
     # ANCOR's CIFAR pretraining: RandomResizedCrop(scale 0.2-1) and flip only.
-    "rrc_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
+    "rrc_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
     # RevDML's training augmentation: torchvision's default scale (0.08-1) and flip.
-    "random_resized_crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
-    "flip": lambda v2, size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
-    "moco_v2": _moco_v2,
-    "moco_v2_noblur": lambda v2, size: _moco_v2(v2, size, blur=False),
-    "pad_crop_flip": lambda v2, size: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
-    # vMF's CIFAR training: RandomCrop(32, padding 4, reflect) and flip (its 8x8 occlusion is not applied).
-    "reflect_crop_flip": lambda v2, size: v2.Compose([
-        v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()]),
-    "resize_center_crop": lambda v2, size: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
-    "resize_random_crop_flip": lambda v2, size: v2.Compose([
+    "random_resized_crop_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
+    "flip": lambda v2, size, mean: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
+    "moco_v2": lambda v2, size, mean: _moco_v2(v2, size),
+    "moco_v2_noblur": lambda v2, size, mean: _moco_v2(v2, size, blur=False),
+    "pad_crop_flip": lambda v2, size, mean: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
+    "reflect_crop_flip": lambda v2, size, mean: _reflect_crop_flip(v2, size),
+    # vMF's CIFAR training: RandomCrop(32, padding 4, reflect), flip and an 8x8 occlusion.
+    "reflect_crop_flip_occlude": lambda v2, size, mean: v2.Compose([
+        _reflect_crop_flip(v2, size), RandomOcclusion(size // 4, fill=mean)]),
+    "resize_center_crop": lambda v2, size, mean: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
+    "resize_random_crop_flip": lambda v2, size, mean: v2.Compose([
         v2.Resize(_resize_size(size), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
 }
 
 
-def build_augment(name: str, image_size: int):
-    """The transform ``name`` (see AUGMENTS) for square images of ``image_size``; None for none."""
+def build_augment(name: str, image_size: int, mean=None):
+    """The transform ``name`` (see AUGMENTS) for square images of ``image_size``; None for none.
+    ``mean``: the dataset's per-channel mean (``NORMALIZE[0]``), the fill of an occlusion."""
     if name not in AUGMENTS:
         raise ConfigError(f"unknown augmentation '{name}'; valid: {', '.join(AUGMENTS)}")
     from torchvision.transforms import v2
 
-    return AUGMENTS[name](v2, image_size)
+    return AUGMENTS[name](v2, image_size, mean)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -284,7 +284,7 @@ def _train(spec, data_path, out_dir, device):
     train_split, val_split, classes, labels = _splits(spec, data_path)
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
-    augment = build_augment(spec["train"]["augment"], spec["image_size"])
+    augment = build_augment(spec["train"]["augment"], spec["image_size"], (spec.get("normalize") or [None])[0])
     dataset = ImageDataset(train_split.images, labels, augment, views=views)
 
     seed_everything(spec["seed"])
