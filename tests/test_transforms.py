@@ -155,3 +155,33 @@ def test_vmf_cifar_augmentation_occludes_with_the_dataset_mean():
     out = build_augment("reflect_crop_flip_occlude", 32, cifar10.NORMALIZE[0])(torch.ones(3, 32, 32))
     at_mean = (out == torch.tensor(cifar10.NORMALIZE[0])[:, None, None]).all(0)
     assert at_mean.sum() == 64
+
+
+@pytest.mark.parametrize("name, resize, squash, jitter, ratio", [
+    ("vmf_cub", 256, False, (0.25, 0.25, 0.25, 0.0), (3 / 4, 4 / 3)),
+    ("vmf_cars", (256, 256), True, (0.3, 0.3, 0.3, 0.1), (1.0, 1.0)),
+    ("vmf_sop", (256, 256), True, None, (3 / 4, 4 / 3)),
+])
+def test_vmf_retrieval_augmentations_are_the_releases(name, resize, squash, jitter, ratio):
+    """google-research/vmf_embeddings, datasets/{cub200,cars196,sop}_dataset.py: Resize(256) for CUB,
+    Resize((256, 256)) for Cars and SOP; ColorJitter(0.25, 0.25, 0.25, 0) CUB, (0.3, 0.3, 0.3, 0.1)
+    Cars, none SOP; RandomResizedCrop(224, scale (0.16, 1), ratio (3/4, 4/3), Cars (1, 1)); flip.
+    The eval transforms: Resize then CenterCrop(224)."""
+    steps = build_augment(name, 224).transforms
+    assert isinstance(steps[0], v2.Resize) and steps[0].size == ([resize] if isinstance(resize, int) else list(resize))
+    if jitter:
+        cj = steps[1]
+        assert isinstance(cj, v2.ColorJitter) and cj.brightness == (1 - jitter[0], 1 + jitter[0])
+        assert cj.contrast == (1 - jitter[1], 1 + jitter[1]) and cj.saturation == (1 - jitter[2], 1 + jitter[2])
+        assert cj.hue == ((-jitter[3], jitter[3]) if jitter[3] else None)
+    else:
+        assert not any(isinstance(t, v2.ColorJitter) for t in steps)
+    crop = steps[-2]
+    assert isinstance(crop, v2.RandomResizedCrop) and tuple(crop.size) == (224, 224) and crop.antialias
+    assert crop.scale == (0.16, 1.0) and crop.ratio == pytest.approx(ratio)
+    assert isinstance(steps[-1], v2.RandomHorizontalFlip)
+    image = torch.rand(3, 300, 400)
+    assert build_augment(name, 224)(image).shape == (3, 224, 224)
+    eval_name = "squash_center_crop" if squash else "resize_center_crop"
+    expected = v2.CenterCrop(224)(v2.Resize(resize, antialias=True)(image))
+    torch.testing.assert_close(build_augment(eval_name, 224)(image), expected)

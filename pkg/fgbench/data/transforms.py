@@ -135,6 +135,20 @@ def _resize_size(size):
     return round(size * 256 / 224)  # ImageNet's Resize(256) before a 224 crop
 
 
+def _squash(v2, size):
+    """Resize to a square of 256 (for 224 crops), aspect ratio not kept: vMF's Cars and SOP."""
+    return v2.Resize((_resize_size(size),) * 2, antialias=True)
+
+
+def _vmf_retrieval(v2, size, *, squash, jitter, ratio):
+    """vMF's retrieval training (datasets/{cub200,cars196,sop}_dataset.py): resize to 256 (shorter
+    side, or squashed), colour jitter, RandomResizedCrop(224, scale 0.16-1, ``ratio``), flip."""
+    resize = _squash(v2, size) if squash else v2.Resize(_resize_size(size), antialias=True)
+    steps = [resize, v2.ColorJitter(*jitter)] if jitter else [resize]
+    return v2.Compose([*steps, v2.RandomResizedCrop(size, scale=(0.16, 1.0), ratio=ratio, antialias=True),
+                       v2.RandomHorizontalFlip()])
+
+
 # name -> builder(v2, image_size, mean): the training augmentations, few-shot support views and
 # eval transforms; mean is the dataset's per-channel mean (None: not normalised), the raw pixel
 # value that normalisation maps to 0. v2 is torchvision.transforms.v2, imported only when a transform is built: the config
@@ -155,6 +169,15 @@ AUGMENTS = {
     # vMF's CIFAR training: RandomCrop(32, padding 4, reflect), flip and an 8x8 occlusion.
     "reflect_crop_flip_occlude": lambda v2, size, mean: v2.Compose([
         _reflect_crop_flip(v2, size), RandomOcclusion(size // 4, fill=mean)]),
+    # vMF's retrieval runs: CUB resize 256, jitter 0.25; Cars squash, jitter 0.3 (hue 0.1), square
+    # crops; SOP squash, no jitter. Their eval: resize_center_crop (CUB), squash_center_crop.
+    "vmf_cub": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=False, jitter=(0.25, 0.25, 0.25, 0.0),
+                                                     ratio=(3 / 4, 4 / 3)),
+    "vmf_cars": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=True, jitter=(0.3, 0.3, 0.3, 0.1), ratio=(1.0, 1.0)),
+    "vmf_sop": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=True, jitter=None, ratio=(3 / 4, 4 / 3)),
+    "squash_center_crop": lambda v2, size, mean: v2.Compose([_squash(v2, size), v2.CenterCrop(size)]),
+    "squash_random_crop_flip": lambda v2, size, mean: v2.Compose([
+        _squash(v2, size), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
     "resize_center_crop": lambda v2, size, mean: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
     "resize_random_crop_flip": lambda v2, size, mean: v2.Compose([
         v2.Resize(_resize_size(size), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
