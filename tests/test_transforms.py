@@ -185,3 +185,54 @@ def test_vmf_retrieval_augmentations_are_the_releases(name, resize, squash, jitt
     eval_name = "squash_center_crop" if squash else "resize_center_crop"
     expected = v2.CenterCrop(224)(v2.Resize(resize, antialias=True)(image))
     torch.testing.assert_close(build_augment(eval_name, 224)(image), expected)
+
+
+def _stripes(height=375, width=500):
+    """A vertical pattern of period 2 pixels (the finest detail an image holds), RGB."""
+    return (torch.arange(width) % 2).float().expand(3, height, width).clone()
+
+
+def test_large_image_crop_equals_torchvisions_antialiased_crop():
+    """For a full-resolution image, the same box gives torchvision's
+    v2 RandomResizedCrop(antialias=True) pixels: resized_crop with antialiasing, then the flip."""
+    crop = RandomResizedCropFlip(224, scale=(0.08, 1.0))
+    image = torch.rand(3, 375, 500)
+    image[:, :, ::3] = _stripes()[:, :, ::3]
+    seeds = list(range(40))
+    uniforms = seeded_uniforms(seeds, 23)
+    boxes = crop.boxes(uniforms, 375, 500).long().tolist()
+    out = crop(image.expand(40, 3, 375, 500), seeds=seeds)
+    for i, (top, left, h, w) in enumerate(boxes):
+        expected = v2.functional.resized_crop(image, top, left, h, w, [224, 224], antialias=True)
+        expected = expected.flip(-1) if uniforms[i, 22] < 0.5 else expected
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+
+
+def test_large_image_crop_does_not_alias():
+    """Shrinking stripes of period 2 (500 -> 224 wide) must give a flat grey, as PIL and torchvision
+    do; unfiltered bilinear sampling (the batched path) turns them into a beat pattern."""
+    crop = RandomResizedCropFlip(224, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), flip=False)
+    image = _stripes()[None]
+    out = crop(image)
+    reference = v2.RandomResizedCrop(224, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), antialias=True)(image[0])
+    assert (out - 0.5).abs().max() < 0.1 and (reference - 0.5).abs().max() < 0.1
+    aliased = crop.resample_batch(image, torch.tensor([[0.0, 0.0, 375.0, 500.0]]), torch.tensor([False]))
+    assert (aliased - 0.5).abs().max() > 0.3
+
+
+def test_small_images_keep_the_batched_crop():
+    """28x28 and 32x32 images (every crop enlarged) take the one-call bilinear path, unchanged."""
+    crop = RandomResizedCropFlip(28, scale=(0.2, 1.0))
+    x = torch.rand(16, 1, 28, 28)
+    seeds = list(range(16))
+    boxes = crop.boxes(seeded_uniforms(seeds, 23), 28, 28)
+    flip = seeded_uniforms(seeds, 23)[:, 22] < 0.5
+    torch.testing.assert_close(crop(x, seeds=seeds), crop.resample_batch(x, boxes, flip), rtol=0, atol=0)
+
+
+def test_large_image_views_depend_on_their_seed_alone():
+    crop = RandomResizedCropFlip(64, scale=(0.08, 1.0))
+    images = torch.rand(5, 3, 120, 150)
+    batch = crop(images, seeds=[7, 8, 9, 10, 11])
+    for i in range(5):
+        torch.testing.assert_close(crop(images[i], seeds=[7 + i]), batch[i], rtol=0, atol=0)

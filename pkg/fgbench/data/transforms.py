@@ -32,11 +32,13 @@ class RandomResizedCropFlip(torch.nn.Module):
     parameters, for one image (C, H, W) or a whole batch (B, C, H, W) at once.
 
     The crop box is drawn exactly as torchvision draws it (10 tries of area fraction and
-    log-uniform aspect ratio, else the centre crop clamped to ``ratio``); all crops are then
-    resampled in one ``grid_sample`` (bilinear). Applied per image, torchvision costs about
-    60 us per 28x28 image, which dominated two-view training on Fashion-MNIST. Difference: no
-    antialiasing, which only matters where a crop side is longer than the output (the
-    aspect-ratio squash); crops are otherwise enlarged.
+    log-uniform aspect ratio, else the centre crop clamped to ``ratio``). Images no larger than
+    the output (28x28, 32x32: every crop is enlarged) are resampled all at once in one bilinear
+    ``grid_sample``: applied per image, torchvision costs about 60 us per 28x28 image, which
+    dominated two-view training on Fashion-MNIST. Larger images (CUB, Cars, SOP, ImageNet files),
+    whose crops are mostly shrunk, are resized crop by crop with torch's antialiased bilinear
+    interpolation, as torchvision's ``RandomResizedCrop(antialias=True)`` and PIL do: an
+    unfiltered shrink aliases fine detail, and the eval resize is antialiased.
 
     Without ``seeds`` the parameters come from the global torch RNG (training, seeded per
     epoch); with ``seeds`` (one per image) from a hash of each image's seed, so a support view
@@ -82,6 +84,24 @@ class RandomResizedCropFlip(torch.nn.Module):
         uniforms = torch.rand(b, 23) if seeds is None else seeded_uniforms(seeds, 23)
         boxes = self.boxes(uniforms, height, width)
         flip = (uniforms[:, 22] < 0.5) & self.flip
+        if max(height, width) > self.size:
+            out = self.resize_each(x, boxes, flip)
+        else:
+            out = self.resample_batch(x, boxes, flip)
+        return out[0] if single else out
+
+    def resize_each(self, x, boxes, flip):
+        """Each crop (B, C, H, W) resized with antialiasing (torchvision's resized_crop on tensors)."""
+        out = []
+        for image, (top, left, h, w), mirror in zip(x, boxes.long().tolist(), flip.tolist()):
+            crop = F.interpolate(image[None, :, top : top + h, left : left + w].float(), size=(self.size, self.size),
+                                 mode="bilinear", align_corners=False, antialias=True)
+            out.append(crop.flip(-1) if mirror else crop)
+        return torch.cat(out)
+
+    def resample_batch(self, x, boxes, flip):
+        """All crops (B, C, H, W) at once by bilinear sampling, no antialiasing (for enlargements)."""
+        b, c, height, width = x.shape
         top, left, h, w = boxes.unbind(1)
         sx, sy = torch.where(flip, -w, w) / width, h / height
         theta = torch.zeros(b, 2, 3)
@@ -89,8 +109,7 @@ class RandomResizedCropFlip(torch.nn.Module):
         theta[:, 0, 2] = (left + w / 2) / width * 2 - 1
         theta[:, 1, 2] = (top + h / 2) / height * 2 - 1
         grid = F.affine_grid(theta.to(x), (b, c, self.size, self.size), align_corners=False)
-        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return out[0] if single else out
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _moco_v2(v2, size, blur=True):
