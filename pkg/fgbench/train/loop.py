@@ -289,7 +289,10 @@ def _train(spec, data_path, out_dir, device):
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
-    if world > 1 and not method.shuffle_bn:
+    group_size = spec["train"]["bn_group_size"]
+    if group_size:  # the releases' per-GPU BatchNorm, in this process too
+        method = distributed.group_batchnorm(method, group_size)
+    elif world > 1 and not method.shuffle_bn:
         method = distributed.sync_batchnorm(method, device)
     run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=use_amp))
     digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
