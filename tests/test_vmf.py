@@ -141,6 +141,9 @@ def test_release_compat_sampler_reproduces_the_release_bias():
     torch.testing.assert_close(wood_b(k, 128, release_compat=True),
                                torch.stack([exact[0], exact[1], (exact[2] + taylor[2]) / 2, taylor[3], taylor[4]]))
     torch.testing.assert_close(exact, (-2 * k + torch.sqrt(4 * k**2 + 127**2)) / 127)  # s-vae's b_true
+    zero = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)  # a zero class weight
+    wood_b(zero, 128, release_compat=True).backward()
+    assert torch.isfinite(zero.grad).all()
 
 
 def test_vmf_release_compat_param():

@@ -99,7 +99,8 @@ def wood_b(kappa, d: int, release_compat: bool = False):
     if not release_compat:
         return b
     s = (kappa - 10).clamp(0.0, 1.0)
-    return s * m1 / (4 * kappa) + (1 - s) * b
+    taylor = m1 / (4 * torch.where(kappa > 10, kappa, torch.full_like(kappa, 10.0)))  # finite at kappa = 0
+    return torch.where(kappa > 10, s * taylor + (1 - s) * b, b)
 
 
 def _sample_w_wood(kappa, d: int, max_rounds: int = 1000, release_compat: bool = False):
