@@ -81,6 +81,8 @@ def test_default_config_resolves():
         ({"methods__triplet__embed_layer": "logits"}, "'methods.triplet.embed_layer' names 'logits'; valid layers of 'triplet': backbone, head"),
         ({"methods__triplet__embed_layer": ["head", "head"]}, "must list distinct layers"),
         ({"methods__ancor__params": {"dim": 64}}, "unknown parameter(s) ['dim'] in 'methods.ancor.params'; valid: embedding_dim,"),
+        ({"methods__moco__train": {"bn_group_size": 0}}, "'methods.moco.train.bn_group_size' must be a positive integer, got 0"),
+        ({"train__bn_group_size": 6.5}, "'train.bn_group_size' must be a positive integer, got 6.5"),
     ],
 )
 def test_bad_values_name_the_key(changes, message):

@@ -131,6 +131,22 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data, tmp_path,
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+def test_bn_groups_in_one_process_train_like_per_rank_batchnorm(data, tmp_path):
+    """train.bn_group_size 16 with a batch of 32: one process normalising two groups of 16 trains
+    like two processes of 16 images each with per-rank (not synchronised) BatchNorm, the releases'
+    per-GPU BatchNorm. The losses agree; running statistics differ by design (rank 0 keeps its
+    own, as a DataParallel release keeps GPU 0's), so weights are not compared."""
+    spec = run_spec("supervised_coarse", bn_group_size=16)
+    train(spec, data, tmp_path / "one")
+    train_ddp(spec, data, tmp_path / "two", tmp_path / "record")
+    log_one, log_two = pd.read_csv(tmp_path / "one" / "train_log.csv"), pd.read_csv(tmp_path / "two" / "train_log.csv")
+    for column in ("loss", "train_accuracy"):
+        np.testing.assert_allclose(log_two[column], log_one[column], rtol=1e-5, atol=1e-7, err_msg=column)
+    plain = run_spec("supervised_coarse")  # whole-batch statistics: a different run
+    train(plain, data, tmp_path / "plain")
+    assert not np.allclose(pd.read_csv(tmp_path / "plain" / "train_log.csv")["loss"], log_one["loss"], rtol=1e-4)
+
+
 def test_momentum_methods_keep_per_rank_batchnorm_and_share_their_queues(data, tmp_path):
     """MoCo under DDP: per-rank BatchNorm with shuffle-BN, so the runs differ from one process
     by design; the queue gets the keys of all ranks, so every rank holds the same queue without

@@ -34,6 +34,9 @@ TRAIN_DEFAULTS = {
     "schedule": "constant",  # constant | cosine (restarted `cycles` times: ANCOR/SCGM use 10)
     "cycles": 1,
     "precision": "fp32",  # fp32 (every release) | bf16 (autocast, no gradient scaler) | fp16 (autocast and scaler; CUDA only)
+    # BatchNorm statistics over groups of this many images of a batch, as on one GPU of the
+    # releases (MoCo/ANCOR/SCGM: 64 per GPU); None: over the whole batch (of each process)
+    "bn_group_size": None,
     "num_workers": 0,
     "device": "auto",  # auto (CUDA when present) | cpu | cuda
 }
@@ -116,6 +119,8 @@ def _check_train(train: dict, key: str):
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{key}'; valid keys: {', '.join(TRAIN_DEFAULTS)}")
     for name in ("epochs", "batch_size", "samples_per_class", "cycles"):
         _positive_int(train[name], f"{key}.{name}")
+    if train["bn_group_size"] is not None:
+        _positive_int(train["bn_group_size"], f"{key}.bn_group_size")
     if not isinstance(train["label_noise"], (int, float)) or not 0 <= train["label_noise"] < 1:
         raise ConfigError(f"config key '{key}.label_noise' must be in [0, 1), got {train['label_noise']!r}")
     if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:

@@ -316,12 +316,15 @@ def _train(spec, data_path, out_dir, device):
     train_split, val_split, classes, labels = _splits(spec, data_path)
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
-    augment = build_augment(spec["train"]["augment"], spec["image_size"])
+    augment = build_augment(spec["train"]["augment"], spec["image_size"], (spec.get("normalize") or [None])[0])
     dataset = ImageDataset(train_split.images, labels, augment, views=views)
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
-    if world > 1 and not method.shuffle_bn:
+    group_size = spec["train"]["bn_group_size"]
+    if group_size:  # the releases' per-GPU BatchNorm, in this process too
+        method = distributed.group_batchnorm(method, group_size)
+    elif world > 1 and not method.shuffle_bn:
         method = distributed.sync_batchnorm(method, device)
     # bf16 keeps fp32's exponent range: only fp16 needs the gradient scaler
     run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
