@@ -99,8 +99,8 @@ def test_keys_a_config_gains_appear_without_a_change_here():
     """Rendered generically: a new train key or per-method key becomes a row (other methods: —)."""
     cfg = validate({"seeds": [0], "benchmark": {"mnist": {"closed_set": ["softmax", "vmf"]}},
                     "protocols": {"closed_set": {}}})
-    cfg["methods"]["softmax"]["metric"] = "euclidean"
-    cfg["methods"]["softmax"]["train"]["precision"] = "bf16"
+    cfg["methods"]["softmax"]["future_key"] = "euclidean"
+    cfg["methods"]["softmax"]["train"]["future_option"] = "bf16"
     card = recipe_card(cfg)
-    assert card.loc["method.metric"].to_dict() == {"softmax": "euclidean", "vmf": MISSING}
-    assert card.loc["train.precision"].to_dict() == {"softmax": "bf16", "vmf": MISSING}
+    assert card.loc["method.future_key"].to_dict() == {"softmax": "euclidean", "vmf": MISSING}
+    assert card.loc["train.future_option"].to_dict() == {"softmax": "bf16", "vmf": MISSING}
