@@ -94,11 +94,14 @@ def weights(path):
 def assert_same_training(one, two, loss_columns, tol=1e-5, epochs=2):
     """Per-epoch losses within ``tol`` (relative), final weights within 10 ``tol`` relative plus
     ``tol``: the runs differ by float rounding only (sums over two halves, all-reduced statistics;
-    measured on this CPU: losses 4e-8 relative, weights 1e-5)."""
+    measured on this CPU: losses 4e-8 relative, weights 1e-5). Losses are compared relative to
+    the first epoch's: a loss trained close to zero (a few triplets left at their margin) differs
+    by the weights' rounding in absolute terms, 1e-3 of itself (seen: 5.83e-4 vs 5.83e-4 + 6.5e-7)."""
     log_one, log_two = pd.read_csv(one / "train_log.csv"), pd.read_csv(two / "train_log.csv")
     assert log_one["epoch"].tolist() == log_two["epoch"].tolist() == list(range(epochs))
     for column in loss_columns:
-        np.testing.assert_allclose(log_two[column], log_one[column], rtol=tol, atol=1e-7, err_msg=column)
+        scale = max(abs(log_one[column].iloc[0]), 1e-2)
+        np.testing.assert_allclose(log_two[column], log_one[column], rtol=tol, atol=tol * scale, err_msg=column)
     a, b = weights(one / "model.pt"), weights(two / "model.pt")
     assert a.keys() == b.keys()
     for key in a:
