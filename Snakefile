@@ -28,6 +28,8 @@ rule all:
     input:
         rules.aggregate.output,
         rules.tables.output,
+        rules.compare.output,
+        LATEX_TABLES,
         PLOTS,
         TSNE_PLOTS,
         CURVE_PLOTS,

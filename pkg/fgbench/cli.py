@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|compare|tables|latex|report|tsne|curves``: what the Snakemake rules call.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
@@ -149,6 +149,34 @@ def cmd_tables(args):
     write_paper_tables(pd.read_csv(args.summary), args.out_dir)
 
 
+def cmd_latex(args):
+    from .report.comparisons import read_comparisons
+    from .report.tables import TABLES, write_latex_tables
+
+    bad = [t for t in args.tables if "/" not in t or t.split("/", 1)[0] not in TABLES]
+    if bad:
+        raise FgbenchError(f"tables are KIND/DATASET with KIND one of {', '.join(TABLES)}, got {bad}")
+    ensure_writable(Path(args.out_dir) / "x.tex")
+    write_latex_tables(read_comparisons(args.comparisons), [tuple(t.split("/", 1)) for t in args.tables], args.out_dir)
+
+
+def cmd_compare(args):
+    from .report.comparisons import comparisons, load_runs, ranks, write_comparisons
+    from .report.plots import plot_ranks
+
+    spec = _spec(args.spec)
+    ensure_writable(Path(args.out_dir) / "comparisons.csv")
+    ensure_writable(args.ranks_plot)
+    try:
+        runs = load_runs(args.metrics)
+    except ValueError as e:  # a malformed metrics or per-unit file: the message names it
+        raise FgbenchError(str(e)) from e
+    table = comparisons(runs, spec["baseline"], test=spec["test"], n_boot=spec["resamples"])
+    results = ranks(table)
+    write_comparisons(table, results, args.out_dir)
+    plot_ranks(results, args.ranks_plot)
+
+
 def cmd_tsne(args):
     from .evaluate import layer_names, load_embeddings
     from .report import plot_tsne
@@ -160,12 +188,13 @@ def cmd_tsne(args):
 
 
 def cmd_report(args):
-    import pandas as pd
-
-    from .report import plot_protocol
+    from .report.comparisons import read_comparisons
+    from .report.plots import plot_differences, plot_forest
 
     ensure_writable(args.out)
-    plot_protocol(pd.read_csv(args.summary), args.protocol, args.out)
+    table = read_comparisons(args.comparisons)
+    plot_forest(table, args.protocol, args.out)
+    plot_differences(table, args.protocol, args.differences)
 
 
 def cmd_curves(args):
@@ -241,10 +270,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True, help="writes {coarse_to_fine,retrieval,closed_set}.{csv,md} here")
     s.set_defaults(func=cmd_tables)
 
-    s = sub.add_parser("report", help="one plot of one protocol from summary.csv")
-    s.add_argument("--summary", required=True)
+    s = sub.add_parser("latex", help="comparisons.csv -> the papers' tables in LaTeX (booktabs), one file per table")
+    s.add_argument("--comparisons", required=True)
+    s.add_argument("--out-dir", required=True, help="writes KIND_DATASET.tex here")
+    s.add_argument("tables", nargs="+", metavar="KIND/DATASET", help="e.g. coarse_to_fine/fashion_mnist")
+    s.set_defaults(func=cmd_latex)
+
+    s = sub.add_parser("compare", help="metrics (and per-unit) files -> comparisons.{csv,md}, ranks.{csv,md}, ranks plot")
+    s.add_argument("--spec", required=True, help="JSON from fgbench.config.compare_spec")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--ranks-plot", required=True, help="PNG of the critical-difference diagrams")
+    s.add_argument("metrics", nargs="+", help="metrics JSON files; the per-unit .npz beside each is read when present")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("report", help="forest and paired-difference plots of one protocol from comparisons.csv")
+    s.add_argument("--comparisons", required=True)
     s.add_argument("--protocol", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the forest plot (PNG)")
+    s.add_argument("--differences", required=True, help="the paired-difference plot (PNG)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("curves", help="training curves of one run (loss terms, validation Recall@1, learning rate)")

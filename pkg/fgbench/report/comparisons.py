@@ -17,7 +17,7 @@ from fgbench.report.aggregate import load_metrics, run_label
 from fgbench.report.compare import LOWER_IS_BETTER, Cell, compare_cells, friedman_ranks
 
 __all__ = ["TABLE_KEYS", "HEADLINE", "load_runs", "table_cells", "comparisons", "ranks", "format_comparisons",
-           "format_ranks", "write_comparisons"]
+           "format_ranks", "headline", "read_comparisons", "write_comparisons"]
 
 #: One comparison table per combination of these.
 TABLE_KEYS = ["dataset", "setting", "protocol", "metric"]
@@ -176,10 +176,43 @@ def format_ranks(results: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table's headline metrics (:data:`HEADLINE`), formatted for reading (the HTML
+    report's start page): mean and Δ in % with their intervals, Holm p, rank group."""
+    rows = table[[HEADLINE.get(family(p)) == m for p, m in zip(table["protocol"], table["metric"])]]
+    out = pd.DataFrame({
+        "dataset / setting": rows["dataset"] + " / " + rows["setting"],
+        "protocol (metric)": rows["protocol"] + " (" + rows["metric"] + ")",
+        "method (layer)": [f"{label} (baseline)" if label == base else label
+                           for label, base in zip(rows["label"], rows["baseline"])],
+        "mean [95%]": [f"{_pct(m)} [{_pct(lo)}, {_pct(hi)}]" for m, lo, hi in zip(rows["mean"], rows["lo"], rows["hi"])],
+        "Δ vs baseline [95%]": [note if pd.isna(d) and note else "" if pd.isna(d) else
+                                f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" + ("" if paired else " unpaired")
+                                for d, lo, hi, paired, note in zip(rows["diff"], rows["diff_lo"], rows["diff_hi"],
+                                                                   rows["paired"], rows["note"])],
+        "p (Holm)": [_p(p) for p in rows["p_holm"]],
+        "group": ["" if pd.isna(g) else str(int(g)) for g in rows["group"]],
+    })
+    return out
+
+
 def write_comparisons(table: pd.DataFrame, results: list[dict], folder: str | os.PathLike) -> None:
-    """Atomically write ``comparisons.{csv,md}`` and ``ranks.{csv,md}`` into ``folder``."""
+    """Atomically write ``comparisons.{csv,md}``, ``comparisons_headline.csv`` and ``ranks.{csv,md}``
+    into ``folder``."""
     folder = Path(folder)
     atomic_write_text(folder / "comparisons.csv", table.to_csv(index=False))
+    atomic_write_text(folder / "comparisons_headline.csv", headline(table).to_csv(index=False))
     atomic_write_text(folder / "comparisons.md", format_comparisons(table))
     atomic_write_text(folder / "ranks.csv", ranks_frame(results).to_csv(index=False))
     atomic_write_text(folder / "ranks.md", format_ranks(results))
+
+
+def read_comparisons(path: str | os.PathLike) -> pd.DataFrame:
+    """``comparisons.csv`` back as :func:`comparisons` wrote it (empty texts stay empty)."""
+    table = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in NUMERIC})
+    table["paired"] = table["paired"].map({"True": True, "False": False, True: True, False: False})
+    table["best"] = table["best"].astype(str).eq("True")
+    return table
+
+
+NUMERIC = ["mean", "lo", "hi", "n_seeds", "n_units", "diff", "diff_lo", "diff_hi", "p", "p_holm", "group"]
