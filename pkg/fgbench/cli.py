@@ -101,20 +101,35 @@ def cmd_embed(args):
     embed_split(args.model, args.data, args.split, _spec(args.spec), args.out, device=args.device)
 
 
-def cmd_evaluate(args):
-    from .evaluate import metric_rows
+def _write_metrics(out, rows, digest, per_layer, protocol_name):
+    """The metrics JSON and, beside it, the per-unit results (units.py), each written atomically;
+    the JSON last, so a complete JSON always has its per-unit file."""
+    from .evaluate.units import units_path, write_units
     from .io import atomic_write_text
 
+    write_units(units_path(out), digest, per_layer, protocol_name)
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+
+
+def _evaluation_device(args) -> str:
+    """``--device``, else the first claimed GPU with ``--gpus N`` (the rule's resources.gpu), else cpu."""
+    _claim_gpus(args.gpus)
+    return args.device or ("cuda" if args.gpus else "cpu")
+
+
+def cmd_evaluate(args):
+    from .evaluate import metric_rows_and_units
+
     ensure_writable(args.out)
-    run = _spec(args.run)
-    rows = metric_rows(args.embeddings, _spec(args.spec), run, run.pop("config_hash", ""), device=args.device)
-    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+    run, spec = _spec(args.run), _spec(args.spec)
+    rows, digest, per_layer = metric_rows_and_units(args.embeddings, spec, run, run.pop("config_hash", ""),
+                                                    device=_evaluation_device(args))
+    _write_metrics(args.out, rows, digest, per_layer, spec["name"])
 
 
 def cmd_combine(args):
     from .evaluate import load_embeddings
-    from .evaluate.combine import combination_rows
-    from .io import atomic_write_text
+    from .evaluate.combine import combination_rows_and_units
 
     ensure_writable(args.out)
     spec, run = _spec(args.spec), _spec(args.run)
@@ -122,11 +137,12 @@ def cmd_combine(args):
         raise FgbenchError("--spec must be a JSON object with keys 'combination' and 'protocol'")
     arrays_a, arrays_b = (load_embeddings(path) for path in args.embeddings)
     try:
-        rows = combination_rows(arrays_a, arrays_b, spec["combination"], spec["protocol"], run,
-                                run.pop("config_hash", ""), device=args.device)
+        rows, digest, per_layer = combination_rows_and_units(
+            arrays_a, arrays_b, spec["combination"], spec["protocol"], run, run.pop("config_hash", ""),
+            device=_evaluation_device(args))
     except ValueError as e:  # e.g. a retrieval protocol, or n_aug above the files' views
         raise FgbenchError(str(e)) from e
-    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+    _write_metrics(args.out, rows, digest, per_layer, spec["protocol"]["name"])
 
 
 def cmd_aggregate(args):
@@ -247,7 +263,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON from fgbench.config.protocol_spec")
     s.add_argument("--run", required=True, help="JSON: dataset, setting, method, seed, config_hash")
     s.add_argument("--embeddings", required=True)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default=None, help="torch device of the few-shot solver (default: cuda with --gpus, else cpu)")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu); evaluates on the first")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate)
 
@@ -255,7 +273,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: {combination: a resolved config entry, protocol: protocol_spec}")
     s.add_argument("--run", required=True, help="JSON: dataset, setting, method (the combination's name), seed, config_hash")
     s.add_argument("--embeddings", required=True, nargs=2, metavar=("A", "B"), help="test embeddings of models A and B")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default=None, help="torch device of the few-shot solver (default: cuda with --gpus, else cpu)")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu); evaluates on the first")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_combine)
 
