@@ -207,7 +207,7 @@ def compare_cells(cells: dict, baseline: str | None, lower_is_better: bool = Fal
         lo, hi = percentile_interval(boot[label])
         row = {"label": label, "mean": cell.mean, "lo": float(lo), "hi": float(hi),
                "interval": interval_kind(cell), "n_seeds": len(cell.seeds), "n_units": cell.values.shape[1],
-               "diff": np.nan, "diff_lo": np.nan, "diff_hi": np.nan, "paired": None, "test": "", "p": np.nan}
+               "diff": np.nan, "diff_lo": np.nan, "diff_hi": np.nan, "paired": np.nan, "test": "", "p": np.nan}
         if baseline is not None and label != baseline:
             base = cells[baseline]
             diff_lo, diff_hi = percentile_interval(boot[label] - boot[baseline])

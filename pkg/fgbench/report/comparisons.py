@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fgbench.evaluate.units import load_units, units_path
 from fgbench.io import atomic_write_text
 from fgbench.report.aggregate import load_metrics, run_label
 from fgbench.report.compare import LOWER_IS_BETTER, Cell, compare_cells, friedman_ranks
@@ -31,12 +32,6 @@ def family(protocol: str) -> str:
     return "fewshot" if protocol.startswith("fewshot") else protocol
 
 
-def _read_units(path: Path) -> tuple[str, dict]:
-    """(draws hash, {"layer/metric": array}) of a per-unit file (the contract of fgbench.evaluate.units)."""
-    with np.load(path, allow_pickle=False) as z:
-        return str(z["draws_hash"]), {k: z[k] for k in z.files if "/" in k}
-
-
 def load_runs(paths) -> pd.DataFrame:
     """The tidy metric rows of ``paths`` (:func:`fgbench.report.aggregate.load_metrics`) with two
     more columns: ``draws`` (the run's draws hash, None without a per-unit file) and ``units``
@@ -46,15 +41,15 @@ def load_runs(paths) -> pd.DataFrame:
     runs = load_metrics(paths)
     draws, units = [], []
     for path in paths:
-        npz = path.with_suffix(".npz")
+        npz = units_path(path)
         rows = load_metrics([path])
-        found = _read_units(npz) if npz.exists() else (None, {})
+        found = load_units(npz) if npz.exists() else {"draws_hash": None, "units": {}}
         for layer, metric, value in zip(rows["layer"], rows["metric"], rows["value"]):
-            arr = found[1].get(f"{layer}/{metric}")
+            arr = found["units"].get(layer, {}).get(metric)
             if arr is not None and not np.isclose(arr.mean(), value, rtol=0, atol=1e-6):
                 raise ValueError(f"{npz}: the mean of '{layer}/{metric}' ({arr.mean():.6f}) is not the value "
                                  f"in {path.name} ({value:.6f}); re-run the evaluation")
-            draws.append(found[0])
+            draws.append(found["draws_hash"])
             units.append(arr)
     return runs.assign(draws=draws, units=pd.Series(units, dtype=object, index=runs.index))
 

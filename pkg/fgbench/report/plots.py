@@ -22,7 +22,7 @@ __all__ = ["MAIN_METRICS", "main_metrics", "plot_forest", "plot_differences", "p
 MAIN_METRICS = {"retrieval": ["recall@1", "map@r"], "closed_set": ["accuracy", "ece"]}
 #: Colours of a method against the baseline: significantly better, worse, neither; the baseline.
 BETTER, WORSE, NEUTRAL, BASELINE = "#1a7f37", "#cf222e", "#8c959f", "#000000"
-ROW_INCHES, PANEL_INCHES, MAX_COLUMNS = 0.24, 1.1, 3
+ROW_INCHES, PANEL_INCHES, MAX_COLUMNS = 0.24, 1.6, 3
 
 
 def main_metrics(protocol: str) -> list[str]:
@@ -47,7 +47,7 @@ def _figure(panels: list, rows_per_panel) -> tuple[Figure, list]:
     n_rows = -(-len(panels) // n_cols)
     heights = [max(rows_per_panel(sub) for _, sub in panels[r * n_cols:(r + 1) * n_cols]) * ROW_INCHES + PANEL_INCHES
                for r in range(n_rows)]
-    fig = Figure(figsize=(4.8 * n_cols, sum(heights)), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 4.8 * n_cols), sum(heights)), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(n_rows, n_cols, height_ratios=heights)
     axes = [fig.add_subplot(grid[i // n_cols, i % n_cols]) for i in range(len(panels))]
@@ -74,8 +74,8 @@ def _save(fig: Figure, out_png) -> None:
 
 def _legend(fig: Figure, what: str) -> None:
     fig.suptitle(what, fontsize="medium")
-    fig.supxlabel(f"green: significantly better than the baseline, red: worse, grey: not significant "
-                  f"(Holm-adjusted p < {ALPHA}); black: the baseline", fontsize="x-small", color="dimgray")
+    fig.supxlabel(f"green: significantly better than the baseline (black), red: worse,\n"
+                  f"grey: not significant (paired test, Holm-adjusted p < {ALPHA})", fontsize="x-small", color="dimgray")
 
 
 def plot_forest(table: pd.DataFrame, protocol: str, out_png: str | os.PathLike) -> None:
