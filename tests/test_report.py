@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from fgbench.io import atomic_path, atomic_write_bytes, atomic_write_text
 from fgbench.report import load_metrics, summarise, write_summary
