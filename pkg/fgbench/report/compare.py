@@ -77,8 +77,9 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
     ``values``: ``(cells, seeds, units)``, every cell on the same seeds and units. Each resample
     draws ``seeds`` seeds with replacement and, for each drawn seed, ``units`` units with
     replacement (the same draws for every cell: that is what pairs them). Returns
-    ``(n_boot, cells)`` resampled means. Vectorised: per drawn seed slot, unit counts
-    ``(resamples, units)`` times the values ``(units, cells)`` of every seed, one matrix product.
+    ``(n_boot, cells)`` resampled means. Vectorised: per seed slot, the unit counts
+    ``(resamples, units)`` of the resamples that drew seed s there times the values
+    ``(units, cells)`` of seed s, one matrix product per seed.
     """
     n_cells, n_seeds, n_units = values.shape
     seed_pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
@@ -95,8 +96,10 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
                 offsets = np.arange(stop - start)[:, None] * n_units
                 counts = np.bincount((draws + offsets).ravel(), minlength=(stop - start) * n_units)
                 counts = counts.reshape(stop - start, n_units).astype(float)
-            sums = counts @ by_seed  # (seeds, resamples, cells): this slot's draws on every seed
-            total[start:stop] += sums[seed_pick[start:stop, slot], np.arange(stop - start)]
+            picked = seed_pick[start:stop, slot]
+            for seed in range(n_seeds):  # the resamples that drew this seed into this slot
+                rows = np.flatnonzero(picked == seed)
+                total[start + rows] += counts[rows] @ by_seed[seed]
     return total / (n_seeds * n_units)
 
 
