@@ -1,4 +1,5 @@
-"""The ``report`` config section: its defaults and checks (no heavy imports: read at DAG time)."""
+"""The ``report`` and ``compare`` config sections: their defaults and checks, and which LaTeX
+tables a config fills (no heavy imports: read at DAG time)."""
 
 from fgbench.errors import ConfigError
 
@@ -7,16 +8,21 @@ from fgbench.errors import ConfigError
 REPORT_DEFAULTS = {"tsne": True, "tsne_points": 2000}
 
 
+def _section(section, name: str, defaults: dict) -> dict:
+    """A config section as a mapping of known keys (None: empty); ``ConfigError`` otherwise."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config key '{name}' must be a mapping, got {type(section).__name__}")
+    unknown = set(section) - set(defaults)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{name}'; valid keys: {', '.join(defaults)}")
+    return section
+
+
 def validate_report(section) -> dict:
     """The ``report`` section with defaults filled in; ``ConfigError`` naming a bad key."""
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config key 'report' must be a mapping, got {type(section).__name__}")
-    unknown = set(section) - set(REPORT_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in 'report'; valid keys: {', '.join(REPORT_DEFAULTS)}")
-    out = {**REPORT_DEFAULTS, **section}
+    out = {**REPORT_DEFAULTS, **_section(section, "report", REPORT_DEFAULTS)}
     if not isinstance(out["tsne"], bool):
         raise ConfigError(f"config key 'report.tsne' must be true or false, got {out['tsne']!r}")
     points = out["tsne_points"]
@@ -39,13 +45,7 @@ SETTINGS = ("coarse_to_fine", "open_set", "closed_set")
 def validate_compare(section, known: set) -> dict:
     """The ``compare`` section with defaults filled in (``baseline`` merged per setting);
     ``ConfigError`` naming a bad key. ``known``: valid baselines (methods and combinations)."""
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config key 'compare' must be a mapping, got {type(section).__name__}")
-    unknown = set(section) - set(COMPARE_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in 'compare'; valid keys: {', '.join(COMPARE_DEFAULTS)}")
+    section = _section(section, "compare", COMPARE_DEFAULTS)
     baseline = section.get("baseline") or {}
     if not isinstance(baseline, dict):
         raise ConfigError(f"config key 'compare.baseline' must map settings to a method, got {baseline!r}")
