@@ -13,6 +13,7 @@ Only the first test needs Chromium; the others read the report's embedded JSON.
 import base64
 import csv
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -155,3 +156,23 @@ def test_summary_csv_is_a_table_in_its_description(report):
     table.feed(caption)
     with open(report / "results/tables/summary.csv", newline="", encoding="utf-8") as fh:
         assert table.rows == list(csv.reader(fh))  # every row, every cell as written
+
+
+@pytest.mark.workflow
+def test_start_page_shows_the_comparisons(report):
+    """The start page (the workflow description) holds the headline comparison table, every row,
+    and the comparison plots embedded as images: forest and difference per protocol, and ranks."""
+    html = (report / "report.html").read_text(encoding="utf-8")
+    start = html.index("var workflow_desc = ") + len("var workflow_desc = ")
+    description = json.JSONDecoder().raw_decode(html, start)[0]
+    page = TableRows()
+    page.feed(description)
+    with open(report / "results/tables/comparisons_headline.csv", newline="", encoding="utf-8") as fh:
+        rows = [[" ".join(cell.split()) for cell in row] for row in csv.reader(fh)]
+    assert len(rows) > 2 and all(row in page.rows for row in rows)
+    plots = ["fewshot_5way.png", "fewshot_5way_differences.png", "ranks.png", "retrieval.png",
+             "retrieval_differences.png"]
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', description)
+    assert sorted(base64.b64decode(i) for i in images) == sorted(
+        (report / "results/plots" / name).read_bytes() for name in plots)
+    assert "Holm-adjusted p is below 0.05" in " ".join("".join(page.text).split())
