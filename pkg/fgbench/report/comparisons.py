@@ -37,21 +37,19 @@ def load_runs(paths) -> pd.DataFrame:
     more columns: ``draws`` (the run's draws hash, None without a per-unit file) and ``units``
     (its per-unit values, None when it has none for that layer and metric). Raises ``ValueError``
     naming the file when the units' mean disagrees with the row's value."""
-    paths = [Path(p) for p in paths]
-    runs = load_metrics(paths)
+    runs = load_metrics(paths, with_source=True)
     draws, units = [], []
-    for path in paths:
-        npz = units_path(path)
-        rows = load_metrics([path])
+    for source, rows in runs.groupby("source", sort=False):
+        npz = units_path(source)
         found = load_units(npz) if npz.exists() else {"draws_hash": None, "units": {}}
         for layer, metric, value in zip(rows["layer"], rows["metric"], rows["value"]):
             arr = found["units"].get(layer, {}).get(metric)
             if arr is not None and not np.isclose(arr.mean(), value, rtol=0, atol=1e-6):
                 raise ValueError(f"{npz}: the mean of '{layer}/{metric}' ({arr.mean():.6f}) is not the value "
-                                 f"in {path.name} ({value:.6f}); re-run the evaluation")
+                                 f"in {Path(source).name} ({value:.6f}); re-run the evaluation")
             draws.append(found["draws_hash"])
             units.append(arr)
-    return runs.assign(draws=draws, units=pd.Series(units, dtype=object, index=runs.index))
+    return runs.drop(columns="source").assign(draws=draws, units=pd.Series(units, dtype=object, index=runs.index))
 
 
 def _cell(runs: pd.DataFrame) -> Cell:
