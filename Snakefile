@@ -29,6 +29,7 @@ rule all:
         rules.aggregate.output,
         rules.tables.output,
         rules.compare.output,
+        rules.figures.output,
         LATEX_TABLES,
         PLOTS,
         TSNE_PLOTS,

@@ -177,6 +177,21 @@ def test_plots_are_drawn(runs_dir, tmp_path):
     assert (tmp_path / "ranks.png").stat().st_size > 5000
 
 
+def test_figures_html_holds_the_images(tmp_path):
+    import base64
+    import re
+
+    from fgbench.report.plots import figures_html
+
+    pngs = [tmp_path / "a.png", tmp_path / "b<c.png"]
+    for i, png in enumerate(pngs):
+        Image.new("RGB", (4 + i, 4)).save(png)
+    page = figures_html(pngs)
+    data = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(d) for d in data] == [p.read_bytes() for p in pngs]
+    assert 'alt="b&lt;c.png"' in page
+
+
 def test_cli_compare_latex_and_report(runs_dir, tmp_path):
     out = tmp_path / "tables"
     spec = json.dumps({"baseline": BASELINES, "test": "t", "resamples": 200})
@@ -192,3 +207,5 @@ def test_cli_compare_latex_and_report(runs_dir, tmp_path):
                  "--out", str(tmp_path / "f.png"), "--differences", str(tmp_path / "d.png")]) == 0
     assert (tmp_path / "f.png").exists() and (tmp_path / "d.png").exists()
     assert main(["latex", "--comparisons", str(out / "comparisons.csv"), "--out-dir", str(out), "nope/cub"]) == 2
+    assert main(["figures", "--out", str(tmp_path / "p.html"), str(tmp_path / "f.png"), "none.png"]) == 2
+    assert not (tmp_path / "p.html").exists()

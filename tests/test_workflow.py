@@ -67,10 +67,10 @@ def test_dry_run_job_counts_for_default_config(tmp_path):
     # 1 dataset; 15 runs (6 coarse-to-fine, 5 open-set, 4 closed-set) x 5 protocols, plus
     # closed-set accuracy for the 4 closed-set runs; 3 combinations x 4 few-shot protocols; a
     # t-SNE plot per coarse-to-fine run; a training-curves plot per run; the plots of a protocol;
-    # the comparison tables; the LaTeX tables.
+    # the comparison tables; the LaTeX tables; the comparison plots inline for the report.
     assert counts == {"aggregate": 1, "all": 1, "combine": 12, "compare": 1, "curves": 15, "embed": 15,
-                      "evaluate": 79, "latex": 1, "plot": 6, "prepare": 1, "tables": 1, "train": 15, "tsne": 6,
-                      "total": 154}
+                      "evaluate": 79, "figures": 1, "latex": 1, "plot": 6, "prepare": 1, "tables": 1, "train": 15,
+                      "tsne": 6, "total": 155}
     seeds = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0, 1, 2]}
     write_config(tmp_path, seeds)
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
@@ -112,6 +112,7 @@ def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
     assert (tmp_path / "results/tables/retrieval_fashion_mnist.tex").exists()
     assert (tmp_path / "results/tables/closed_set_fashion_mnist.tex").exists()
     assert (tmp_path / "results/plots/ranks.png").stat().st_size > 5000
+    assert (tmp_path / "results/plots/comparisons.html").read_text().count("<img") == 2 * len(TINY_PROTOCOLS) + 1
     assert (tmp_path / "results/plots/tsne/fashion_mnist/coarse_to_fine/scgm_a/seed0.png").stat().st_size > 5000
     table = (tmp_path / "results/tables/coarse_to_fine.md").read_text()
     assert "scgm_a" in table and "±" in table

@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|compare|tables|latex|report|tsne|curves``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|compare|tables|latex|report|figures|tsne|curves``: what the Snakemake rules call.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
@@ -213,6 +213,17 @@ def cmd_report(args):
     plot_differences(table, args.protocol, args.differences)
 
 
+def cmd_figures(args):
+    from .io import atomic_write_text
+    from .report.plots import figures_html
+
+    ensure_writable(args.out)
+    missing = [p for p in args.pngs if not Path(p).is_file()]
+    if missing:
+        raise FgbenchError(f"no such PNG file(s): {', '.join(missing)}")
+    atomic_write_text(args.out, figures_html(args.pngs))
+
+
 def cmd_curves(args):
     from .report.curves import plot_curves
 
@@ -309,6 +320,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the forest plot (PNG)")
     s.add_argument("--differences", required=True, help="the paired-difference plot (PNG)")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("figures", help="PNG files -> one HTML fragment with the images inline (the report's start page)")
+    s.add_argument("--out", required=True)
+    s.add_argument("pngs", nargs="+")
+    s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("curves", help="training curves of one run (loss terms, validation Recall@1, learning rate)")
     s.add_argument("--log", required=True, help="the run's train_log.csv")

@@ -147,6 +147,25 @@ rule plot:
         "--differences {output.differences} > {log} 2>&1"
 
 
+# The comparison plots inline in one HTML fragment, which the report's start page includes
+# (workflow/report/workflow.rst: the page can include text files, not images).
+rule figures:
+    localrule: True
+    input:
+        PLOTS,
+        rules.compare.output.ranks_plot,
+    output:
+        report("results/plots/comparisons.html", caption="../report/figures.rst", category="Comparisons"),
+    log:
+        "results/logs/figures.log",
+    benchmark:
+        "results/benchmarks/figures.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench figures --out {output} {input} > {log} 2>&1"
+
+
 # t-SNE of one run's test embeddings (its first layer), coloured by coarse and by fine label.
 rule tsne:
     input:

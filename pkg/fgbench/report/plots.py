@@ -6,7 +6,10 @@ ranks across datasets. They draw :mod:`fgbench.report.compare`'s numbers, never 
 
 from __future__ import annotations
 
+import base64
+import html
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +19,7 @@ from matplotlib.figure import Figure
 from fgbench.io import atomic_path
 from fgbench.report.compare import ALPHA, LOWER_IS_BETTER
 
-__all__ = ["MAIN_METRICS", "main_metrics", "plot_forest", "plot_differences", "plot_ranks"]
+__all__ = ["MAIN_METRICS", "figures_html", "main_metrics", "plot_forest", "plot_differences", "plot_ranks"]
 
 #: Headline metric(s) per protocol; ``fewshot_*`` protocols use accuracy.
 MAIN_METRICS = {"retrieval": ["recall@1", "map@r"], "closed_set": ["accuracy", "ece"]}
@@ -167,3 +170,14 @@ def plot_ranks(results: list[dict], out_png: str | os.PathLike) -> None:
                                        label_props={"fontsize": "small"})
         ax.set_title(f"{title}: mean rank over {r['n_blocks']} blocks, Friedman p = {r['p']:.3g}", fontsize="small")
     _save(fig, out_png)
+
+
+def figures_html(paths) -> str:
+    """The PNGs as one HTML fragment of ``<img>`` elements carrying their data (base64), for a
+    page that can only include text files (the HTML report's start page, via ``raw:: html``)."""
+    parts = []
+    for path in map(Path, paths):
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" '
+                     f'style="max-width: 100%"><figcaption>{html.escape(path.name)}</figcaption></figure>')
+    return "\n".join(parts) + "\n"
