@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from fgbench.report.compare import (Cell, bootstrap_means, compare_cells, friedman_ranks, holm, pair_test,
+from fgbench.report.compare import (BLOCK, Cell, bootstrap_means, compare_cells, friedman_ranks, holm, pair_test,
                                     percentile_interval, rank_groups, rank_matrix)
 
 SAME = ("h",)
@@ -91,13 +91,17 @@ def test_holm_against_statsmodels_and_nan_left_out():
 
 
 def loop_bootstrap(values, n_boot, rng):
-    """The same resampling as bootstrap_means, one resample at a time (same random stream)."""
+    """The same resampling as bootstrap_means, one resample at a time (same random stream: the
+    seed draws, then per block of BLOCK resamples and seed slot the unit draws)."""
     n_cells, n_seeds, n_units = values.shape
     picks = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    draws = [rng.integers(0, n_units, size=(n_boot, n_units)) for _ in range(n_seeds)]
+    draws = np.zeros((n_seeds, n_boot, n_units), dtype=int)
+    for start in range(0, n_boot, BLOCK):
+        for j in range(n_seeds):
+            draws[j, start:start + BLOCK] = rng.integers(0, n_units, size=(min(BLOCK, n_boot - start), n_units))
     out = np.zeros((n_boot, n_cells))
     for b in range(n_boot):
-        out[b] = np.mean([values[:, picks[b, j], draws[j][b]].mean(axis=1) for j in range(n_seeds)], axis=0)
+        out[b] = np.mean([values[:, picks[b, j], draws[j, b]].mean(axis=1) for j in range(n_seeds)], axis=0)
     return out
 
 

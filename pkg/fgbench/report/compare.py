@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 __all__ = ["ALPHA", "LOWER_IS_BETTER", "Cell", "bootstrap_means", "compare_cells", "holm", "pair_test",
            "percentile_interval", "rank_groups", "rank_matrix", "friedman_ranks"]
@@ -37,8 +38,8 @@ __all__ = ["ALPHA", "LOWER_IS_BETTER", "Cell", "bootstrap_means", "compare_cells
 ALPHA = 0.05
 #: Metrics where smaller is better (everything else: larger is better).
 LOWER_IS_BETTER = frozenset({"ece"})
-#: Units per chunk of the bootstrap (resamples x units), to bound memory on large retrieval splits.
-CHUNK = 4_000_000
+#: Resamples per block of the bootstrap: the unit counts of a block stay in the CPU cache.
+BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -77,30 +78,38 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
     ``values``: ``(cells, seeds, units)``, every cell on the same seeds and units. Each resample
     draws ``seeds`` seeds with replacement and, for each drawn seed, ``units`` units with
     replacement (the same draws for every cell: that is what pairs them). Returns
-    ``(n_boot, cells)`` resampled means. Vectorised: per seed slot, the unit counts
-    ``(resamples, units)`` of the resamples that drew seed s there times the values
-    ``(units, cells)`` of seed s, one matrix product per seed.
+    ``(n_boot, cells)`` resampled means. Vectorised: for a block of resamples and one seed slot,
+    the unit counts ``(block, units)`` (a bincount small enough to stay in cache) times the
+    values of every seed ``(units, seeds x cells)``, one matrix product; each resample keeps the
+    seed it drew. Random numbers: all seed draws first, then per block and slot the unit draws.
     """
     n_cells, n_seeds, n_units = values.shape
     seed_pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    by_seed = np.ascontiguousarray(values.transpose(1, 2, 0))  # (seeds, units, cells)
+    by_unit = np.ascontiguousarray(values.transpose(2, 1, 0)).reshape(n_units, n_seeds * n_cells)
     total = np.zeros((n_boot, n_cells))
-    chunk = max(1, CHUNK // max(n_units, 1))
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
+    # Products this small gain nothing from BLAS threads, and on a busy machine waiting threads
+    # make them many times slower (benchmarks/compare.py): one thread.
+    with threadpool_limits(1):
+        _add_blocks(total, by_unit, seed_pick, n_units, rng)
+    return total / (n_seeds * n_units)
+
+
+def _add_blocks(total, by_unit, seed_pick, n_units, rng) -> None:
+    """bootstrap_means' work: add each resample's per-slot unit sums into ``total``."""
+    n_boot, n_seeds = seed_pick.shape
+    n_cells = total.shape[1]
+    for start in range(0, n_boot, BLOCK):
+        rows = np.arange(min(BLOCK, n_boot - start))
+        offsets = rows[:, None] * n_units
         for slot in range(n_seeds):
             if n_units == 1:
-                counts = np.ones((stop - start, 1))
+                counts = np.ones((len(rows), 1))
             else:
-                draws = rng.integers(0, n_units, size=(stop - start, n_units))
-                offsets = np.arange(stop - start)[:, None] * n_units
-                counts = np.bincount((draws + offsets).ravel(), minlength=(stop - start) * n_units)
-                counts = counts.reshape(stop - start, n_units).astype(float)
-            picked = seed_pick[start:stop, slot]
-            for seed in range(n_seeds):  # the resamples that drew this seed into this slot
-                rows = np.flatnonzero(picked == seed)
-                total[start + rows] += counts[rows] @ by_seed[seed]
-    return total / (n_seeds * n_units)
+                draws = rng.integers(0, n_units, size=(len(rows), n_units))
+                counts = np.bincount((draws + offsets).ravel(), minlength=len(rows) * n_units)
+                counts = counts.reshape(len(rows), n_units).astype(float)
+            sums = (counts @ by_unit).reshape(len(rows), n_seeds, n_cells)
+            total[start + rows] += sums[rows, seed_pick[start + rows, slot]]
 
 
 def percentile_interval(resampled: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
