@@ -95,6 +95,9 @@ def test_one_seed_is_an_interval_over_units_only(runs_dir):
     acc = table[table["metric"] == "accuracy"].set_index("label")
     assert acc["interval"].eq("units (1 seed)").all()
     assert acc.loc["better (head)", "test"] == "paired t over units"
+    tex = latex_table(table[table["metric"] == "accuracy"].assign(protocol="retrieval", metric="map@r"), "retrieval", "cub")
+    assert tex.count(r"\textsuperscript{\dag}") == 4 + 1  # every cell, and the note under the table
+    assert r"one seed: interval over episodes or queries only} \\" in tex
 
 
 def test_an_absent_baseline_is_said_not_failed(runs_dir):

@@ -116,6 +116,11 @@ def _p(x: float) -> str:
     return "" if pd.isna(x) else ("<0.001" if x < 0.001 else f"{x:.3f}")
 
 
+def _mean_interval(mean: float, lo: float, hi: float, interval: str) -> str:
+    """``mean [lo, hi]`` in %; the mean alone when nothing was resampled (one value)."""
+    return _pct(mean) if interval == "none" else f"{_pct(mean)} [{_pct(lo)}, {_pct(hi)}]"
+
+
 def format_comparisons(table: pd.DataFrame) -> str:
     """Markdown: one section per dataset / setting / protocol / metric."""
     parts = ["# Comparisons", "",
@@ -130,7 +135,7 @@ def format_comparisons(table: pd.DataFrame) -> str:
                   "| method (layer) | mean [95% interval] | interval over | Δ vs baseline [95%] | test | p | p (Holm) | group |",
                   "|---|---:|---|---:|---|---:|---:|---:|"]
         for r in sub.itertuples(index=False):
-            mean = f"{_pct(r.mean)} [{_pct(r.lo)}, {_pct(r.hi)}]"
+            mean = _mean_interval(r.mean, r.lo, r.hi, r.interval)
             diff = "" if pd.isna(r.diff) else f"{100 * r.diff:+.2f} [{100 * r.diff_lo:+.2f}, {100 * r.diff_hi:+.2f}]"
             label = f"**{r.label}**" if r.best else r.label
             group = "" if pd.isna(r.group) else str(int(r.group))
@@ -178,7 +183,7 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
         "protocol (metric)": rows["protocol"] + " (" + rows["metric"] + ")",
         "method (layer)": [f"{label} (baseline)" if label == base else label
                            for label, base in zip(rows["label"], rows["baseline"])],
-        "mean [95%]": [f"{_pct(m)} [{_pct(lo)}, {_pct(hi)}]" for m, lo, hi in zip(rows["mean"], rows["lo"], rows["hi"])],
+        "mean [95%]": [_mean_interval(*r) for r in zip(rows["mean"], rows["lo"], rows["hi"], rows["interval"])],
         "Δ vs baseline [95%]": [note if pd.isna(d) and note else "" if pd.isna(d) else
                                 f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" + ("" if paired else " unpaired")
                                 for d, lo, hi, paired, note in zip(rows["diff"], rows["diff_lo"], rows["diff_hi"],

@@ -150,25 +150,26 @@ def plot_differences(table: pd.DataFrame, protocol: str, out_png: str | os.PathL
 
 def plot_ranks(results: list[dict], out_png: str | os.PathLike) -> None:
     """One critical-difference diagram (scikit-posthocs) per ranked setting and protocol family:
-    methods on the mean-rank axis, joined by a bar where Nemenyi's test finds no difference; a
-    setting that could not be ranked is a panel saying why."""
+    methods on the mean-rank axis, joined by a bar where Nemenyi's test finds no difference; below
+    them, one line per setting and family that could not be ranked, saying why."""
     import scikit_posthocs as sp
 
-    results = results or [{"setting": "", "family": "", "metric": "", "refused": "nothing to rank"}]
-    heights = [0.9 if "refused" in r else 1.2 + 0.2 * len(r["mean_rank"]) for r in results]
+    ranked = [r for r in results if "refused" not in r]
+    refused = [f"{r['setting']} / {r['family']} ({r['metric']}): {r['refused'].removeprefix('cannot rank: ')}"
+               for r in results if "refused" in r] or ([] if ranked else ["nothing to rank"])
+    heights = [1.2 + 0.2 * len(r["mean_rank"]) for r in ranked] + ([0.3 + 0.22 * len(refused)] if refused else [])
     fig = Figure(figsize=(9, sum(heights) + 0.3), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(results), 1, squeeze=False, height_ratios=heights)[:, 0]
-    for ax, r in zip(axes, results):
-        title = f"{r['setting']} / {r['family']} ({r['metric']})"
-        if "refused" in r:
-            ax.text(0.5, 0.5, f"{title}: not ranked. {r['refused']}", ha="center", va="center", wrap=True,
-                    transform=ax.transAxes, fontsize="small")
-            ax.set_axis_off()
-            continue
+    axes = fig.subplots(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, r in zip(axes, ranked):
         sp.critical_difference_diagram(r["mean_rank"], r["posthoc"], ax=ax, alpha=ALPHA,
                                        label_props={"fontsize": "small"})
-        ax.set_title(f"{title}: mean rank over {r['n_blocks']} blocks, Friedman p = {r['p']:.3g}", fontsize="small")
+        ax.set_title(f"{r['setting']} / {r['family']} ({r['metric']}): mean rank over {r['n_blocks']} blocks, "
+                     f"Friedman p = {r['p']:.3g}", fontsize="small")
+    if refused:
+        axes[-1].text(0, 1, "Not ranked:\n" + "\n".join(refused), va="top", fontsize="x-small",
+                      transform=axes[-1].transAxes)
+        axes[-1].set_axis_off()
     _save(fig, out_png)
 
 

@@ -134,7 +134,7 @@ def write_paper_tables(summary: pd.DataFrame, folder: str | os.PathLike) -> None
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                  "≤": r"$\leq$", "—": "--", "×": r"$\times$"}
-ONE_SEED_MARK = r"$^\dagger$"
+ONE_SEED_MARK = r"\textsuperscript{\dag}"
 
 
 def latex_escape(text: str) -> str:
