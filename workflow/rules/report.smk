@@ -1,4 +1,4 @@
-# Tables across seeds, the papers' tables, one plot per protocol, t-SNE maps, training curves;
+# Tables across seeds, the papers' tables, comparison tables and their plots, t-SNE maps, training curves;
 # `snakemake --report` collects them (the papers' tables are drawn on its start page by
 # workflow/report/workflow.rst). All but t-SNE are cheap: `localrule: True` keeps them off a
 # cluster (per rule rather than a `localrules:` list, which workflow/paper.smk's prefixed
