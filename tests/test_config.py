@@ -227,3 +227,21 @@ def test_coarse_to_fine_combinations_and_scgm_batches(experiment):
     for method in ("scgm_g", "scgm_a"):
         assert fgconfig.train_spec(cfg, dataset, "coarse_to_fine", method, 0)["train"]["drop_last"] is False
     assert fgconfig.train_spec(cfg, dataset, "coarse_to_fine", "ancor", 0)["train"]["drop_last"] is True
+def test_compare_baselines_resolve_to_their_first_layer():
+    spec = fgconfig.compare_spec(check())
+    assert spec == {"baseline": {"coarse_to_fine": "supervised_coarse (backbone)", "open_set": "triplet (head)",
+                                 "closed_set": "softmax (head)"}, "test": "t", "resamples": 2000}
+    spec = fgconfig.compare_spec(check(compare__baseline={"coarse_to_fine": "cascade_sup+ancor", "open_set": None}))
+    assert spec["baseline"] == {"coarse_to_fine": "cascade_sup+ancor (logits+backbone)", "closed_set": "softmax (head)"}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"compare__baseline": {"open_set": "triplt"}}, "'compare.baseline.open_set' names 'triplt'"),
+    ({"compare__baseline": {"openset": "triplet"}}, "unknown setting 'openset' in 'compare.baseline'"),
+    ({"compare__test": "z"}, "'compare.test' is 'z'; valid values: t, wilcoxon"),
+    ({"compare__resamples": 10}, "'compare.resamples' must be an integer >= 100"),
+    ({"compare__seed": 1}, r"unknown key\(s\) \['seed'\] in 'compare'"),
+])
+def test_bad_compare_values_name_the_key(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check(**changes)

@@ -186,7 +186,7 @@ def test_bad_arguments_raise(data, kwargs, message):
 def test_fewshot_accuracy_end_to_end(data):
     features, aug, fine, coarse = data
     res = fewshot_accuracy(features, aug, fine, coarse, n_way=5, episodes=50)
-    assert set(res) == {"accuracy", "ci95", "n", "per_episode"}
+    assert set(res) == {"accuracy", "ci95", "n", "per_episode", "draws_hash"}
     assert res["n"] == 50 and res["per_episode"].shape == (50,)
     assert 0 <= res["per_episode"].min() and res["per_episode"].max() <= 1
     assert (res["accuracy"], res["ci95"]) == pytest.approx(mean_ci95(res["per_episode"]))

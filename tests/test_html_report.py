@@ -13,6 +13,7 @@ Only the first test needs Chromium; the others read the report's embedded JSON.
 import base64
 import csv
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -168,3 +169,22 @@ def test_recipe_card_is_a_table_in_its_description(report):
     table.feed(results["results/tables/recipes.csv"]["caption"])
     assert table.rows[0] == ["key", "supervised_coarse", "lsd"]
     assert ["train.lr", "0.001", "0.001"] in table.rows and ["train.epochs", "1", "1"] in table.rows
+
+
+def test_start_page_shows_the_comparisons(report):
+    """The start page (the workflow description) holds the headline comparison table, every row,
+    and the comparison plots embedded as images: forest and difference per protocol, and ranks."""
+    html = (report / "report.html").read_text(encoding="utf-8")
+    start = html.index("var workflow_desc = ") + len("var workflow_desc = ")
+    description = json.JSONDecoder().raw_decode(html, start)[0]
+    page = TableRows()
+    page.feed(description)
+    with open(report / "results/tables/comparisons_headline.csv", newline="", encoding="utf-8") as fh:
+        rows = [[" ".join(cell.split()) for cell in row] for row in csv.reader(fh)]
+    assert len(rows) > 2 and all(row in page.rows for row in rows)
+    plots = ["fewshot_5way.png", "fewshot_5way_differences.png", "ranks.png", "retrieval.png",
+             "retrieval_differences.png"]
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', description)
+    assert sorted(base64.b64decode(i) for i in images) == sorted(
+        (report / "results/plots" / name).read_bytes() for name in plots)
+    assert "Holm-adjusted p is below 0.05" in " ".join("".join(page.text).split())

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fgbench.io import atomic_path, atomic_write_bytes, atomic_write_text
-from fgbench.report import load_metrics, plot_protocol, summarise, write_summary
+from fgbench.report import load_metrics, summarise, write_summary
 from fgbench.report.tables import coarse_to_fine_tables, format_markdown_tables, paper_tables, write_paper_tables
 
 T975_2DOF = 4.302653  # scipy.stats.t.ppf(0.975, 2)
@@ -129,16 +129,6 @@ def test_duplicate_rows_differ_by_layer_only_are_fine(metric_files, tmp_path):
     assert len(load_metrics([path, other])) == 2
 
 
-def test_plot_has_one_bar_per_method_and_layer(two_layer_files, tmp_path, monkeypatch):
-    from matplotlib.axes import Axes
-
-    labels = []
-    bar = Axes.bar
-    monkeypatch.setattr(Axes, "bar", lambda self, *a, label=None, **k: (labels.append(label), bar(self, *a, label=label, **k))[1])
-    plot_protocol(summarise(load_metrics(two_layer_files)), "fewshot_5way", tmp_path / "p.png")
-    assert labels == ["arcface (head)", "proto (backbone)", "proto (head)"]
-
-
 def _summary_row(dataset, setting, method, layer, protocol, mean, ci95, ci95_episodes, n_seeds=3, metric="accuracy"):
     return dict(dataset=dataset, setting=setting, method=method, layer=layer, protocol=protocol, metric=metric,
                 n_seeds=n_seeds, mean=mean, ci95=ci95, ci95_episodes=ci95_episodes, seeds="0")
@@ -221,25 +211,6 @@ def test_cli_tables_writes_the_papers_tables(metric_files, tmp_path):
     md = (out / "coarse_to_fine.md").read_text(encoding="utf-8")
     assert "## cub" in md and f"| proto | head | 60.00 ± {100 * T975_2DOF * 0.1 / math.sqrt(3):.2f} | — |" in md
     assert {p.name for p in out.iterdir()} >= {f"{k}.{e}" for k in ("coarse_to_fine", "retrieval", "closed_set") for e in ("md", "csv")}
-
-
-@pytest.mark.parametrize("protocol", ["fewshot_5way", "retrieval"])
-def test_plot_protocol(metric_files, tmp_path, protocol):
-    s = summarise(load_metrics(metric_files))
-    png = tmp_path / "plots" / f"{protocol}.png"
-    plot_protocol(s, protocol, png)
-    assert png.stat().st_size > 5000
-    with Image.open(png) as im:
-        im.verify()
-        assert im.format == "PNG"
-    assert list(png.parent.iterdir()) == [png]
-
-
-def test_plot_unknown_protocol(metric_files, tmp_path):
-    s = summarise(load_metrics(metric_files))
-    with pytest.raises(ValueError, match="fewshot_intra"):
-        plot_protocol(s, "fewshot_intra", tmp_path / "x.png")
-    assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize("content", [

@@ -16,6 +16,7 @@ from fgbench.evaluate.retrieval import (
     pairwise_f1,
     recall_at_k,
     retrieval_metrics,
+    retrieval_units,
 )
 
 # Unequal class sizes, including a singleton class (dropped from the ranking metrics).
@@ -44,7 +45,8 @@ def brute_force_ranking(x, metric):
     return np.argsort(dist, axis=1, kind="stable")[:, :-1]
 
 
-def brute_force_metrics(x, labels, ks, metric):
+def brute_force_per_query(x, labels, ks, metric):
+    """Per query with a relevant item, in input order: {recall@K: hit}, AP@R and R-Precision."""
     ranking = brute_force_ranking(x, metric)
     recalls, aps, rps = {k: [] for k in ks}, [], []
     for i, row in enumerate(ranking):
@@ -53,10 +55,15 @@ def brute_force_metrics(x, labels, ks, metric):
             continue
         rel = labels[row] == labels[i]
         for k in ks:
-            recalls[k].append(rel[:k].any())
+            recalls[k].append(float(rel[:k].any()))
         top = rel[:r]
         aps.append(np.sum(np.cumsum(top) / np.arange(1, r + 1) * top) / r)
         rps.append(top.sum() / r)
+    return {k: np.array(v) for k, v in recalls.items()}, np.array(aps), np.array(rps)
+
+
+def brute_force_metrics(x, labels, ks, metric):
+    recalls, aps, rps = brute_force_per_query(x, labels, ks, metric)
     return {k: np.mean(v) for k, v in recalls.items()}, np.mean(aps), np.mean(rps)
 
 
@@ -94,6 +101,27 @@ def test_matches_brute_force(clustered, metric):
         assert ours[f"recall@{k}"] == pytest.approx(recalls[k], abs=1e-12)
     assert ours["map@r"] == pytest.approx(ap, abs=1e-6)
     assert ours["r_precision"] == pytest.approx(rp, abs=1e-6)
+
+
+@pytest.mark.parametrize("max_list_r", [1024, 4])
+@pytest.mark.parametrize("ties", [False, True])
+def test_per_query_values_match_brute_force(clustered, monkeypatch, max_list_r, ties):
+    # max_list_r=4 < the largest R: MAP@R takes the exact pass; 1024: it reads the neighbour lists.
+    # With ties (small integer features, exact scores) both must apply the lowest-index rule.
+    monkeypatch.setattr("fgbench.evaluate.retrieval.MAX_LIST_R", max_list_r)
+    x, labels = clustered
+    if ties:
+        x = np.random.default_rng(2).integers(0, 3, size=(len(x), 3)).astype(np.float32)
+    metric = "euclidean" if ties else "cosine"
+    ks = (1, 2, 4, 8)
+    metrics, per_query = retrieval_units(x, labels, recall_k=ks, metric=metric, nmi=False)
+    recalls, aps, rps = brute_force_per_query(x, labels, ks, metric)
+    assert len(aps) == len(x) - 1  # the singleton class has no query
+    for k in ks:
+        np.testing.assert_array_equal(per_query[f"recall@{k}"], recalls[k])
+    np.testing.assert_allclose(per_query["map@r"], aps, atol=1e-12 if ties else 1e-6)
+    np.testing.assert_allclose(per_query["r_precision"], rps, atol=1e-12 if ties else 1e-6)
+    assert {name: v.mean() for name, v in per_query.items()} == metrics
 
 
 def test_exact_ties_follow_index_rule():

@@ -66,10 +66,11 @@ def test_dry_run_job_counts_for_default_config(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
     # 1 dataset; 15 runs (6 coarse-to-fine, 5 open-set, 4 closed-set) x 5 protocols, plus
     # closed-set accuracy for the 4 closed-set runs; 3 combinations x 4 few-shot protocols; a
-    # t-SNE plot per coarse-to-fine run; a training-curves plot per run; a plot per protocol;
-    # the recipe card.
-    assert counts == {"aggregate": 1, "all": 1, "combine": 12, "curves": 15, "embed": 15, "evaluate": 79,
-                      "plot": 6, "prepare": 1, "recipes": 1, "tables": 1, "train": 15, "tsne": 6, "total": 153}
+    # t-SNE plot per coarse-to-fine run; a training-curves plot per run; the plots of a protocol;
+    # the comparison tables; the LaTeX tables; the comparison plots inline for the report; the recipe card.
+    assert counts == {"aggregate": 1, "all": 1, "combine": 12, "compare": 1, "curves": 15, "embed": 15,
+                      "evaluate": 79, "figures": 1, "latex": 1, "plot": 6, "prepare": 1, "recipes": 1, "tables": 1,
+                      "train": 15, "tsne": 6, "total": 156}
     seeds = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0, 1, 2]}
     write_config(tmp_path, seeds)
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
@@ -113,6 +114,19 @@ def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
     assert (tmp_path / "results/tables/summary.md").read_text().count("|") > 10
     for proto in TINY_PROTOCOLS:
         assert (tmp_path / f"results/plots/{proto}.png").stat().st_size > 5000
+        assert (tmp_path / f"results/plots/{proto}_differences.png").stat().st_size > 5000
+    comparisons = pd.read_csv(tmp_path / "results/tables/comparisons.csv", keep_default_na=False)
+    five_way = comparisons.query("protocol == 'fewshot_5way' and setting == 'coarse_to_fine'")
+    assert set(five_way["baseline"]) == {"supervised_coarse (backbone)"}
+    assert set(five_way["interval"]) == {"units (1 seed)"}  # one seed: over episodes only
+    assert five_way.query("label == 'ancor (head)'")["test"].item() == "paired t over units"
+    assert set(comparisons.query("setting == 'open_set'")["note"]) == {"baseline triplet (head) absent"}
+    latex = (tmp_path / "results/tables/coarse_to_fine_fashion_mnist.tex").read_text()
+    assert r"\toprule" in latex and r"\mathbf{" in latex and "scgm\\_a (head)" in latex
+    assert (tmp_path / "results/tables/retrieval_fashion_mnist.tex").exists()
+    assert (tmp_path / "results/tables/closed_set_fashion_mnist.tex").exists()
+    assert (tmp_path / "results/plots/ranks.png").stat().st_size > 5000
+    assert (tmp_path / "results/plots/comparisons.html").read_text().count("<img") == 2 * len(TINY_PROTOCOLS) + 1
     assert (tmp_path / "results/plots/tsne/fashion_mnist/coarse_to_fine/scgm_a/seed0.png").stat().st_size > 5000
     table = (tmp_path / "results/tables/coarse_to_fine.md").read_text()
     assert "scgm_a" in table and "±" in table
@@ -122,6 +136,21 @@ def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
     assert (tmp_path / "results/report.html").stat().st_size > 10000, report.stderr[-2000:]
     # Nothing left to do: the run is complete.
     assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+
+
+@pytest.mark.workflow
+def test_two_seeds_give_intervals_across_seeds(real_fashion, tmp_path):
+    """Two seeds of two open-set methods, one protocol: the comparison table resamples seeds and
+    episodes, and pairs the methods on their shared episodes."""
+    cfg = tiny_config(real_fashion, seeds=[0, 1], combinations=[], benchmark={"fashion_mnist": {"open_set": ["triplet", "margin"]}})
+    cfg["protocols"] = {"fewshot_5way": cfg["protocols"]["fewshot_5way"]}
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path, "results/tables/comparisons.csv")
+    table = pd.read_csv(tmp_path / "results/tables/comparisons.csv", keep_default_na=False).set_index("label")
+    assert set(table["interval"]) == {"seeds × units"} and set(table["n_seeds"]) == {2}
+    assert table.loc["triplet (head)", "baseline"] == "triplet (head)"
+    assert table.loc["margin (head)", "test"] == "paired t over units"  # 2 seeds: the pooled episode differences
+    assert table.loc["margin (head)", "diff_lo"] <= table.loc["margin (head)", "diff"] <= table.loc["margin (head)", "diff_hi"]
 
 
 @pytest.mark.workflow

@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves|ledger|recipes``: what rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|compare|tables|latex|report|figures|tsne|curves|ledger|recipes``: what rules call.
 
 ``fgbench results-doc`` (by hand, after a default run) renders docs/results.md's tables.
 
@@ -103,20 +103,35 @@ def cmd_embed(args):
     embed_split(args.model, args.data, args.split, _spec(args.spec), args.out, device=args.device)
 
 
-def cmd_evaluate(args):
-    from .evaluate import metric_rows
+def _write_metrics(out, rows, digest, per_layer, protocol_name):
+    """The metrics JSON and, beside it, the per-unit results (units.py), each written atomically;
+    the JSON last, so a complete JSON always has its per-unit file."""
+    from .evaluate.units import units_path, write_units
     from .io import atomic_write_text
 
+    write_units(units_path(out), digest, per_layer, protocol_name)
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+
+
+def _evaluation_device(args) -> str:
+    """``--device``, else the first claimed GPU with ``--gpus N`` (the rule's resources.gpu), else cpu."""
+    _claim_gpus(args.gpus)
+    return args.device or ("cuda" if args.gpus else "cpu")
+
+
+def cmd_evaluate(args):
+    from .evaluate import metric_rows_and_units
+
     ensure_writable(args.out)
-    run = _spec(args.run)
-    rows = metric_rows(args.embeddings, _spec(args.spec), run, run.pop("config_hash", ""), device=args.device)
-    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+    run, spec = _spec(args.run), _spec(args.spec)
+    rows, digest, per_layer = metric_rows_and_units(args.embeddings, spec, run, run.pop("config_hash", ""),
+                                                    device=_evaluation_device(args))
+    _write_metrics(args.out, rows, digest, per_layer, spec["name"])
 
 
 def cmd_combine(args):
     from .evaluate import load_embeddings
-    from .evaluate.combine import combination_rows
-    from .io import atomic_write_text
+    from .evaluate.combine import combination_rows_and_units
 
     ensure_writable(args.out)
     spec, run = _spec(args.spec), _spec(args.run)
@@ -124,11 +139,12 @@ def cmd_combine(args):
         raise FgbenchError("--spec must be a JSON object with keys 'combination' and 'protocol'")
     arrays_a, arrays_b = (load_embeddings(path) for path in args.embeddings)
     try:
-        rows = combination_rows(arrays_a, arrays_b, spec["combination"], spec["protocol"], run,
-                                run.pop("config_hash", ""), device=args.device)
+        rows, digest, per_layer = combination_rows_and_units(
+            arrays_a, arrays_b, spec["combination"], spec["protocol"], run, run.pop("config_hash", ""),
+            device=_evaluation_device(args))
     except ValueError as e:  # e.g. a retrieval protocol, or n_aug above the files' views
         raise FgbenchError(str(e)) from e
-    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+    _write_metrics(args.out, rows, digest, per_layer, spec["protocol"]["name"])
 
 
 def cmd_aggregate(args):
@@ -151,6 +167,34 @@ def cmd_tables(args):
     write_paper_tables(pd.read_csv(args.summary), args.out_dir)
 
 
+def cmd_latex(args):
+    from .report.comparisons import read_comparisons
+    from .report.tables import TABLES, write_latex_tables
+
+    bad = [t for t in args.tables if "/" not in t or t.split("/", 1)[0] not in TABLES]
+    if bad:
+        raise FgbenchError(f"tables are KIND/DATASET with KIND one of {', '.join(TABLES)}, got {bad}")
+    ensure_writable(Path(args.out_dir) / "x.tex")
+    write_latex_tables(read_comparisons(args.comparisons), [tuple(t.split("/", 1)) for t in args.tables], args.out_dir)
+
+
+def cmd_compare(args):
+    from .report.comparisons import comparisons, load_runs, ranks, write_comparisons
+    from .report.plots import plot_ranks
+
+    spec = _spec(args.spec)
+    ensure_writable(Path(args.out_dir) / "comparisons.csv")
+    ensure_writable(args.ranks_plot)
+    try:
+        runs = load_runs(args.metrics)
+    except ValueError as e:  # a malformed metrics or per-unit file: the message names it
+        raise FgbenchError(str(e)) from e
+    table = comparisons(runs, spec["baseline"], test=spec["test"], n_boot=spec["resamples"])
+    results = ranks(table)
+    write_comparisons(table, results, args.out_dir)
+    plot_ranks(results, args.ranks_plot)
+
+
 def cmd_tsne(args):
     from .evaluate import layer_names, load_embeddings
     from .report import plot_tsne
@@ -162,12 +206,24 @@ def cmd_tsne(args):
 
 
 def cmd_report(args):
-    import pandas as pd
-
-    from .report import plot_protocol
+    from .report.comparisons import read_comparisons
+    from .report.plots import plot_differences, plot_forest
 
     ensure_writable(args.out)
-    plot_protocol(pd.read_csv(args.summary), args.protocol, args.out)
+    table = read_comparisons(args.comparisons)
+    plot_forest(table, args.protocol, args.out)
+    plot_differences(table, args.protocol, args.differences)
+
+
+def cmd_figures(args):
+    from .io import atomic_write_text
+    from .report.plots import figures_html
+
+    ensure_writable(args.out)
+    missing = [p for p in args.pngs if not Path(p).is_file()]
+    if missing:
+        raise FgbenchError(f"no such PNG file(s): {', '.join(missing)}")
+    atomic_write_text(args.out, figures_html(args.pngs))
 
 
 def cmd_curves(args):
@@ -275,7 +331,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON from fgbench.config.protocol_spec")
     s.add_argument("--run", required=True, help="JSON: dataset, setting, method, seed, config_hash")
     s.add_argument("--embeddings", required=True)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default=None, help="torch device of the few-shot solver (default: cuda with --gpus, else cpu)")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu); evaluates on the first")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate)
 
@@ -283,7 +341,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="JSON: {combination: a resolved config entry, protocol: protocol_spec}")
     s.add_argument("--run", required=True, help="JSON: dataset, setting, method (the combination's name), seed, config_hash")
     s.add_argument("--embeddings", required=True, nargs=2, metavar=("A", "B"), help="test embeddings of models A and B")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default=None, help="torch device of the few-shot solver (default: cuda with --gpus, else cpu)")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu); evaluates on the first")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_combine)
 
@@ -298,11 +358,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True, help="writes {coarse_to_fine,retrieval,closed_set}.{csv,md} here")
     s.set_defaults(func=cmd_tables)
 
-    s = sub.add_parser("report", help="one plot of one protocol from summary.csv")
-    s.add_argument("--summary", required=True)
+    s = sub.add_parser("latex", help="comparisons.csv -> the papers' tables in LaTeX (booktabs), one file per table")
+    s.add_argument("--comparisons", required=True)
+    s.add_argument("--out-dir", required=True, help="writes KIND_DATASET.tex here")
+    s.add_argument("tables", nargs="+", metavar="KIND/DATASET", help="e.g. coarse_to_fine/fashion_mnist")
+    s.set_defaults(func=cmd_latex)
+
+    s = sub.add_parser("compare", help="metrics (and per-unit) files -> comparisons.{csv,md}, ranks.{csv,md}, ranks plot")
+    s.add_argument("--spec", required=True, help="JSON from fgbench.config.compare_spec")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--ranks-plot", required=True, help="PNG of the critical-difference diagrams")
+    s.add_argument("metrics", nargs="+", help="metrics JSON files; the per-unit .npz beside each is read when present")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("report", help="forest and paired-difference plots of one protocol from comparisons.csv")
+    s.add_argument("--comparisons", required=True)
     s.add_argument("--protocol", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the forest plot (PNG)")
+    s.add_argument("--differences", required=True, help="the paired-difference plot (PNG)")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("figures", help="PNG files -> one HTML fragment with the images inline (the report's start page)")
+    s.add_argument("--out", required=True)
+    s.add_argument("pngs", nargs="+")
+    s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("curves", help="training curves of one run (loss terms, validation Recall@1, learning rate)")
     s.add_argument("--log", required=True, help="the run's train_log.csv")

@@ -11,8 +11,8 @@ import inspect
 import json
 
 from .errors import ConfigError
-from .evaluate.combine import validate_combinations
-from .report.options import validate_report
+from .evaluate.combine import combination_layer, validate_combinations
+from .report.options import validate_compare, validate_report
 from .evaluate.protocols import CLASSIFIERS, PROTOCOLS
 
 TRAIN_DEFAULTS = {
@@ -76,7 +76,7 @@ EMBED_DEFAULTS = {"views": 5, "batch_size": 1024, "view_seed": 0}
 RESOURCE_RULES = ("prepare", "rearrange_imagenet_val", "train", "embed", "evaluate", "combine", "tsne")
 RESOURCE_KEYS = {"gpu": 0, "mem_mb": 1, "runtime": 1, "cpus_per_task": 1, "threads": 1}  # name -> minimum
 TOP_LEVEL = {"seeds", "benchmark", "datasets", "methods", "train", "embed", "protocols", "resources",
-             "report", "combinations", "imagenet_val"}
+             "report", "combinations", "imagenet_val", "compare"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -304,7 +304,14 @@ def validate(config: dict) -> dict:
     cfg["protocols"] = _resolve_protocols(cfg.get("protocols"), cfg["embed"]["views"])
     layers = {name: tuple(m["embed_layer"]) for name, m in cfg["methods"].items()}
     cfg["combinations"] = validate_combinations(cfg.get("combinations"), layers, runs=runs(cfg))
+    cfg["compare"] = validate_compare(cfg.get("compare"), _method_names() | {c["name"] for c in cfg["combinations"]})
     return cfg
+
+
+def _method_names() -> set:
+    from .methods import list_methods  # imports torch: only when validating
+
+    return set(list_methods())
 
 
 # --- one spec per job ------------------------------------------------------------------------
@@ -387,6 +394,23 @@ def protocol_spec(cfg: dict, protocol: str, method: str | None = None) -> dict:
     if method is not None and spec["kind"] == "retrieval":
         spec["metric"] = retrieval_metric(cfg, method)
     return spec
+
+
+def baseline_labels(cfg: dict) -> dict:
+    """``{setting: "method (layer)"}``: each setting's baseline on its first embedded layer (a
+    combination: its two models' layers, ``"A+B"``); settings without a baseline are left out."""
+    combos = {c["name"]: combination_layer(c) for c in cfg["combinations"]}
+    labels = {}
+    for setting, name in cfg["compare"]["baseline"].items():
+        if name is not None:
+            layer = combos[name] if name in combos else cfg["methods"].get(name, {}).get("embed_layer", [None])[0]
+            labels[setting] = f"{name} ({layer})" if layer else name
+    return labels
+
+
+def compare_spec(cfg: dict) -> dict:
+    """What ``fgbench compare`` needs: the baselines' labels, the test and the resamples."""
+    return {"baseline": baseline_labels(cfg), "test": cfg["compare"]["test"], "resamples": cfg["compare"]["resamples"]}
 
 
 def spec_hash(spec: dict) -> str:

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from fgbench import config as fgconfig
 from fgbench.evaluate.combine import combination_cells
+from fgbench.report.options import expected_latex
 from fgbench.errors import FgbenchError
 
 # fgbench's checks first: one line naming the key to fix; then the schema as a backstop.
@@ -31,7 +32,7 @@ METRICS = [
     for d, s, m, seed in RUNS
     for p in fgconfig.protocols_for(CFG, s, m)
 ]
-PLOTS = expand("results/plots/{protocol}.png", protocol=PROTOCOLS)
+PLOTS = expand("results/plots/{protocol}{kind}.png", protocol=PROTOCOLS, kind=("", "_differences"))
 
 
 wildcard_constraints:

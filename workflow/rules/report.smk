@@ -1,10 +1,14 @@
-# Tables across seeds, the papers' tables, one plot per protocol, t-SNE maps, training curves;
+# Tables across seeds, the papers' tables, comparison tables and their plots, t-SNE maps, training curves;
 # `snakemake --report` collects them (the papers' tables are drawn on its start page by
 # workflow/report/workflow.rst). All but t-SNE are cheap: `localrule: True` keeps them off a
 # cluster (per rule rather than a `localrules:` list, which workflow/paper.smk's prefixed
 # module rules would not match).
 # Every run's training curves (a few KB of CSV each: cheap, so they stay local on a cluster).
 CURVE_PLOTS = [f"results/plots/curves/{d}/{s}/{m}/seed{seed}.png" for d, s, m, seed in RUNS]
+# The per-unit file beside each metrics file, and the LaTeX tables the config can fill.
+ALL_UNITS = [path.removesuffix(".json") + ".npz" for path in ALL_METRICS]
+LATEX_TARGETS = expected_latex(CFG["benchmark"], PROTOCOLS)
+LATEX_TABLES = [f"results/tables/{kind}_{dataset}.tex" for kind, dataset in LATEX_TARGETS]
 
 
 rule aggregate:
@@ -59,16 +63,78 @@ rule tables:
         "fgbench tables --summary {input.summary} --out-dir {params.out_dir} > {log} 2>&1"
 
 
+# Comparisons: every method against its setting's baseline on the same episodes and queries
+# (hierarchical-bootstrap intervals, paired tests, Holm), rank groups, and ranks across datasets
+# and protocols with their critical-difference diagrams. Reads the per-unit files beside the
+# metrics files (units=, written by evaluate and combine).
+rule compare:
+    localrule: True
+    input:
+        metrics=ALL_METRICS,
+        units=ALL_UNITS,
+    output:
+        csv=report("results/tables/comparisons.csv", caption="../report/comparisons.rst", category="Comparisons"),
+        markdown=report("results/tables/comparisons.md", caption="../report/comparisons.rst", category="Comparisons"),
+        headline=report(
+            "results/tables/comparisons_headline.csv", caption="../report/comparisons.rst", category="Comparisons"
+        ),
+        ranks_csv="results/tables/ranks.csv",
+        ranks_md=report("results/tables/ranks.md", caption="../report/ranks.rst", category="Comparisons"),
+        ranks_plot=report("results/plots/ranks.png", caption="../report/ranks.rst", category="Comparisons"),
+    params:
+        spec=json.dumps(fgconfig.compare_spec(CFG)),
+        out_dir=lambda wildcards, output: os.path.dirname(output.csv),
+    log:
+        "results/logs/compare.log",
+    benchmark:
+        "results/benchmarks/compare.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench compare --spec {params.spec:q} --out-dir {params.out_dir} --ranks-plot {output.ranks_plot} "
+        "{input.metrics} > {log} 2>&1"
+
+
+# The papers' tables in LaTeX (booktabs), one \input-able file per table and dataset.
+if LATEX_TABLES:
+
+    rule latex:
+        localrule: True
+        input:
+            comparisons=rules.compare.output.csv,
+        output:
+            [report(path, caption="../report/latex.rst", category="LaTeX") for path in LATEX_TABLES],
+        params:
+            tables=[f"{kind}/{dataset}" for kind, dataset in LATEX_TARGETS],
+            out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        log:
+            "results/logs/latex.log",
+        benchmark:
+            "results/benchmarks/latex.tsv"
+        conda:
+            "../../envs/fgbench.yaml"
+        shell:
+            "fgbench latex --comparisons {input.comparisons} --out-dir {params.out_dir} {params.tables} > {log} 2>&1"
+
+
+# Per protocol: a forest plot (each method's mean and interval) and a paired-difference plot
+# (each method minus the baseline), one panel per dataset x setting x headline metric.
 rule plot:
     localrule: True
     input:
-        summary=rules.aggregate.output.csv,
+        comparisons=rules.compare.output.csv,
     output:
         png=report(
             "results/plots/{protocol}.png",
             caption="../report/plot.rst",
             category="Plots",
-            labels={"protocol": "{protocol}"},
+            labels={"protocol": "{protocol}", "plot": "forest"},
+        ),
+        differences=report(
+            "results/plots/{protocol}_differences.png",
+            caption="../report/differences.rst",
+            category="Plots",
+            labels={"protocol": "{protocol}", "plot": "difference from the baseline"},
         ),
     log:
         "results/logs/plot/{protocol}.log",
@@ -77,7 +143,27 @@ rule plot:
     conda:
         "../../envs/fgbench.yaml"
     shell:
-        "fgbench report --summary {input.summary} --protocol {wildcards.protocol} --out {output.png} > {log} 2>&1"
+        "fgbench report --comparisons {input.comparisons} --protocol {wildcards.protocol} --out {output.png} "
+        "--differences {output.differences} > {log} 2>&1"
+
+
+# The comparison plots inline in one HTML fragment, which the report's start page includes
+# (workflow/report/workflow.rst: the page can include text files, not images).
+rule figures:
+    localrule: True
+    input:
+        PLOTS,
+        rules.compare.output.ranks_plot,
+    output:
+        report("results/plots/comparisons.html", caption="../report/figures.rst", category="Comparisons"),
+    log:
+        "results/logs/figures.log",
+    benchmark:
+        "results/benchmarks/figures.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench figures --out {output} {input} > {log} 2>&1"
 
 
 # t-SNE of one run's test embeddings (its first layer), coloured by coarse and by fine label.

@@ -49,9 +49,16 @@ def layer_features(arrays, layer: str, aug: bool = False):
 
 def evaluate_layer(arrays, layer: str, protocol: dict, device="cpu"):
     """Metrics of one protocol on one layer: [(metric, value, ci95, n)]."""
-    from .closed_set import closed_set_metrics
+    return layer_units(arrays, layer, protocol, device)[0]
+
+
+def layer_units(arrays, layer: str, protocol: dict, device="cpu"):
+    """``(results, units, draws_hash)`` of one protocol on one layer: ``results`` as
+    :func:`evaluate_layer`, ``units`` {metric: one value per unit} (fgbench.evaluate.units)."""
+    from .closed_set import closed_set_metrics, per_image_accuracy
     from .fewshot import fewshot_accuracy  # torch only when evaluating
-    from .retrieval import retrieval_metrics
+    from .retrieval import retrieval_units
+    from .units import split_hash
 
     p = {k: v for k, v in protocol.items() if k not in ("kind", "name")}
     if protocol["kind"] == "closed_set":
@@ -60,13 +67,15 @@ def evaluate_layer(arrays, layer: str, protocol: dict, device="cpu"):
             raise DataError(f"closed_set: labels must be the classifier's classes 0..{probs.shape[1] - 1}, "
                             f"got {labels.min()}..{labels.max()} (is this a closed_set run?)")
         res = closed_set_metrics(probs, labels, ece_bins=p["ece_bins"])
-        return [(metric, value, None, len(labels)) for metric, value in res.items()]
+        results = [(metric, value, None, len(labels)) for metric, value in res.items()]
+        return results, {"accuracy": per_image_accuracy(probs, labels)}, split_hash(arrays)
     if protocol["kind"] == "fewshot":
         features, aug = layer_features(arrays, layer, aug=True)
         res = fewshot_accuracy(features, aug, arrays["fine"], arrays["coarse"], device=device, **p)
-        return [("accuracy", res["accuracy"], res["ci95"], res["n"])]
-    res = retrieval_metrics(layer_features(arrays, layer), arrays["fine"], **p)
-    return [(metric, value, None, len(arrays["fine"])) for metric, value in res.items()]
+        return [("accuracy", res["accuracy"], res["ci95"], res["n"])], {"accuracy": res["per_episode"]}, res["draws_hash"]
+    res, per_query = retrieval_units(layer_features(arrays, layer), arrays["fine"], **p)
+    results = [(metric, value, None, len(arrays["fine"])) for metric, value in res.items()]
+    return results, per_query, split_hash(arrays)
 
 
 def protocol_layers(arrays, protocol: dict) -> list:
@@ -84,11 +93,17 @@ def protocol_layers(arrays, protocol: dict) -> list:
 def evaluate_protocol(arrays, protocol: dict, device="cpu"):
     """Metrics of one protocol on every layer of an embeddings file it applies to
     (``protocol_layers``): [(layer, metric, value, ci95, n)], layers in file order."""
-    return [
-        (layer, *result)
-        for layer in protocol_layers(arrays, protocol)
-        for result in evaluate_layer(arrays, layer, protocol, device)
-    ]
+    return protocol_units(arrays, protocol, device)[0]
+
+
+def protocol_units(arrays, protocol: dict, device="cpu"):
+    """``(results, per_layer, draws_hash)``: :func:`evaluate_protocol`'s results, the per-unit
+    values {layer: {metric: array}} and the hash of the units (the same on every layer)."""
+    results, per_layer, digest = [], {}, ""
+    for layer in protocol_layers(arrays, protocol):
+        rows, per_layer[layer], digest = layer_units(arrays, layer, protocol, device)
+        results += [(layer, *row) for row in rows]
+    return results, per_layer, digest
 
 
 def tidy_rows(results, run: dict, protocol_name: str, config_hash: str) -> list:
@@ -103,9 +118,17 @@ def tidy_rows(results, run: dict, protocol_name: str, config_hash: str) -> list:
 
 def metric_rows(embeddings_path, protocol: dict, run: dict, config_hash: str, device="cpu"):
     """Tidy rows for one run and one protocol, one set per layer of the embeddings file."""
+    return metric_rows_and_units(embeddings_path, protocol, run, config_hash, device)[0]
+
+
+def metric_rows_and_units(embeddings_path, protocol: dict, run: dict, config_hash: str, device="cpu"):
+    """``(rows, draws_hash, per_layer)``: :func:`metric_rows` and the per-unit values for
+    :func:`fgbench.evaluate.units.write_units`."""
     arrays = load_embeddings(embeddings_path)
-    return tidy_rows(evaluate_protocol(arrays, protocol, device), run, protocol["name"], config_hash)
+    results, per_layer, digest = protocol_units(arrays, protocol, device)
+    return tidy_rows(results, run, protocol["name"], config_hash), digest, per_layer
 
 
-__all__ = ["PROTOCOLS", "evaluate_layer", "evaluate_protocol", "layer_features", "layer_names",
-           "load_embeddings", "metric_rows", "protocol_layers", "tidy_rows"]
+__all__ = ["PROTOCOLS", "evaluate_layer", "evaluate_protocol", "layer_features", "layer_names", "layer_units",
+           "load_embeddings", "metric_rows", "metric_rows_and_units", "protocol_layers", "protocol_units",
+           "tidy_rows"]

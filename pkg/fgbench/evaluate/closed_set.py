@@ -32,6 +32,11 @@ def accuracy(probs, labels) -> float:
     return float(_predictions(probs, labels)[1].mean())
 
 
+def per_image_accuracy(probs, labels) -> np.ndarray:
+    """1.0 / 0.0 per row: whether its argmax is the label (their mean is :func:`accuracy`)."""
+    return _predictions(probs, labels)[1]
+
+
 def equal_mass_bins(confidence, n_bins: int):
     """Bin index of every row: by rank of confidence, ``n_bins`` bins of (nearly) equal size,
     exactly as the paper's ``calc_ece_em_quant`` (with a stable sort)."""

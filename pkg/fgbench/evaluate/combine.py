@@ -38,6 +38,7 @@ from .fewshot import (
     predict_proba_logreg,
 )
 from .protocols import CLASSIFIERS
+from .units import fewshot_draws_hash
 
 KINDS = ("ensemble", "concat", "cascade")
 #: The classifier of each kind when the combination names none (ANCOR's defaults).
@@ -223,7 +224,7 @@ def combination_accuracy(arrays_a: dict, arrays_b: dict, combination: dict, prot
     :func:`fgbench.evaluate.load_embeddings`); ``combination``: a resolved entry of the config's
     ``combinations`` (name, kind, models [{method, layer}] x 2, classifier); ``protocol``: a
     fewshot protocol spec (its ``classifier`` is not used: the combination's is).
-    Returns ``{"accuracy", "ci95", "n", "per_episode"}`` like ``fewshot_accuracy``.
+    Returns ``{"accuracy", "ci95", "n", "per_episode", "draws_hash"}`` like ``fewshot_accuracy``.
     """
     if protocol.get("kind") != "fewshot":
         raise ValueError(f"combinations run only fewshot protocols, got {protocol.get('name')!r} "
@@ -257,17 +258,27 @@ def combination_accuracy(arrays_a: dict, arrays_b: dict, combination: dict, prot
             pred = cascade_predict(Xs_a.argmax(2), Xq_a.argmax(2), b, classifier, w, device)
         acc[ids] = (pred == yq).mean(1)
     mean, h = mean_ci95(acc)
-    return {"accuracy": mean, "ci95": h, "n": len(draws), "per_episode": acc}
+    return {"accuracy": mean, "ci95": h, "n": len(draws), "per_episode": acc,
+            "draws_hash": fewshot_draws_hash(draws, protocol)}
 
 
 def combination_rows(arrays_a, arrays_b, combination: dict, protocol: dict, run: dict,
                      config_hash: str, device="cpu") -> list:
     """Metric rows of a combination: ``method`` = its name (in ``run``), ``layer`` = "A+B"."""
+    return combination_rows_and_units(arrays_a, arrays_b, combination, protocol, run, config_hash, device)[0]
+
+
+def combination_rows_and_units(arrays_a, arrays_b, combination: dict, protocol: dict, run: dict,
+                               config_hash: str, device="cpu"):
+    """``(rows, draws_hash, per_layer)``: :func:`combination_rows` and the per-episode accuracies
+    for :func:`fgbench.evaluate.units.write_units`."""
     res = combination_accuracy(arrays_a, arrays_b, combination, protocol, device)
-    results = [(combination_layer(combination), "accuracy", res["accuracy"], res["ci95"], res["n"])]
-    return tidy_rows(results, run, protocol["name"], config_hash)
+    layer = combination_layer(combination)
+    results = [(layer, "accuracy", res["accuracy"], res["ci95"], res["n"])]
+    rows = tidy_rows(results, run, protocol["name"], config_hash)
+    return rows, res["draws_hash"], {layer: {"accuracy": res["per_episode"]}}
 
 
 __all__ = ["DEFAULT_CLASSIFIER", "KINDS", "cascade_predict", "check_same_images", "combination_accuracy",
-           "combination_cells", "combination_layer", "combination_rows", "concat_predict", "ensemble_predict",
+           "combination_cells", "combination_layer", "combination_rows", "combination_rows_and_units", "concat_predict", "ensemble_predict",
            "validate_combinations"]

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .units import fewshot_draws_hash
+
 # Chunking of episodes: gathered inputs stay below _MEMORY_ELEMENTS floats
 # (bounds memory for all-way episodes with large D), and the solver's
 # (E, S, S) work arrays below _CACHE_ELEMENTS, which runs measurably faster on
@@ -539,7 +541,8 @@ def fewshot_accuracy(
     ``"logreg"`` (scikit-learn-equivalent multinomial logistic regression,
     C=1) or ``"cosine_nn"``.  See the module docstring for the episodes.
 
-    Returns ``{"accuracy", "ci95", "n", "per_episode"}`` (fractions in [0, 1]).
+    Returns ``{"accuracy", "ci95", "n", "per_episode", "draws_hash"}`` (fractions in [0, 1];
+    ``draws_hash``: :func:`fgbench.evaluate.units.fewshot_draws_hash` of the episodes).
     """
     _check_sizes(n_way, n_shot, n_query, intra, max_ways)
     if not 1 <= n_aug <= aug_features.shape[1]:
@@ -559,4 +562,7 @@ def fewshot_accuracy(
             pred = predict_cosine_nn(Xs, ys, Xq, device=device)
         acc[ids] = (pred == yq).mean(1)
     mean, h = mean_ci95(acc)
-    return {"accuracy": mean, "ci95": h, "n": episodes, "per_episode": acc}
+    sampling = {"n_way": n_way, "n_shot": n_shot, "n_query": n_query, "n_aug": n_aug, "intra": intra,
+                "max_ways": max_ways}
+    return {"accuracy": mean, "ci95": h, "n": episodes, "per_episode": acc,
+            "draws_hash": fewshot_draws_hash(draws, sampling)}

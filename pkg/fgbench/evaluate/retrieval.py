@@ -101,13 +101,20 @@ def recall_at_k(labels, neighbours, ks=(1, 2, 4, 8)) -> dict[int, float]:
         raise ValueError(f"neighbours must be (N, k) with N = {len(labels)}, got shape {neighbours.shape}")
     if not ks or min(ks) < 1 or max(ks) > neighbours.shape[1]:
         raise ValueError(f"every K must be in [1, {neighbours.shape[1]}], got {ks}")
+    return {k: float(hits.mean()) for k, hits in per_query_hits(labels, neighbours, ks).items()}
+
+
+def per_query_hits(labels, neighbours, ks) -> dict[int, np.ndarray]:
+    """{K: 1.0 / 0.0 per query}: whether a same-class item is among its K nearest, for the
+    queries whose class has two or more members, in test-set order (see :func:`recall_at_k`)."""
+    labels, neighbours = np.asarray(labels), np.asarray(neighbours)
     _, class_size = _class_ids(labels)
     keep = class_size > 1
     if not keep.any():
         raise ValueError("no class has two or more members, so no query has a relevant item")
-    hit = labels[neighbours[keep]] == labels[keep][:, None]
+    hit = labels[neighbours[keep, : max(ks)]] == labels[keep][:, None]
     first_hit = np.where(hit.any(axis=1), hit.argmax(axis=1), np.iinfo(np.int64).max)
-    return {k: float(np.mean(first_hit < k)) for k in ks}
+    return {k: (first_hit < k).astype(np.float64) for k in ks}
 
 
 def _scores(queries: torch.Tensor, x: torch.Tensor, sq_norms: torch.Tensor | None) -> np.ndarray:
@@ -144,6 +151,45 @@ def _ranked(scores: np.ndarray, k: int) -> np.ndarray:
     return top
 
 
+def _ap_and_rp(top: np.ndarray, same: np.ndarray, rq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AP@R and R-Precision per query from its ranked list: ``same (B, >= max R)`` marks the
+    items of the query's class, ``rq (B,)`` its R."""
+    rel = same[:, : int(rq.max())] & (np.arange(int(rq.max())) < rq[:, None])
+    hits = np.cumsum(rel, axis=1)
+    precision_at_k = hits / np.arange(1, rel.shape[1] + 1)
+    return np.sum(precision_at_k * rel, axis=1) / rq, hits[:, -1] / rq
+
+
+def per_query_map_at_r(
+    features, labels, *, metric: str = "cosine", chunk_size: int | None = None, neighbours=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """AP@R and R-Precision of every query with R_i > 0, in test-set order (see
+    :func:`map_at_r_and_r_precision`). With ``neighbours`` (the (N, k) lists of
+    :func:`nearest_neighbours`, which order ties like the exact pass) and every R_i <= k they come
+    from the lists; otherwise from an exact chunked pass over all pairs."""
+    x, labels = _check(features, labels, metric)
+    ids, class_size = _class_ids(labels)
+    r = class_size - 1
+    keep = np.flatnonzero(r > 0)
+    if keep.size == 0:
+        raise ValueError("no class has two or more members, so MAP@R and R-Precision are undefined")
+    if neighbours is not None and r.max() <= neighbours.shape[1]:
+        top = np.asarray(neighbours)[keep, : int(r.max())]
+        return _ap_and_rp(top, ids[top] == ids[keep][:, None], r[keep])
+    ap, rp = np.empty(len(x)), np.empty(len(x))
+    queries = keep[np.argsort(r[keep], kind="stable")]  # similar R per chunk: small top-k
+    xt = torch.from_numpy(x)
+    sq_norms = None if metric == "cosine" else (xt * xt).sum(dim=1)
+    step = chunk_size or max(1, min(1024, _CHUNK_ELEMENTS // len(x)))
+    for start in range(0, len(queries), step):
+        q = queries[start : start + step]
+        scores = _scores(xt[q], xt, sq_norms)
+        scores[np.arange(len(q)), q] = -np.inf  # exclude self by index
+        top = _ranked(scores, int(r[q].max()))
+        ap[q], rp[q] = _ap_and_rp(top, ids[top] == ids[q][:, None], r[q])
+    return ap[keep], rp[keep]
+
+
 def map_at_r_and_r_precision(
     features, labels, *, metric: str = "cosine", chunk_size: int | None = None
 ) -> tuple[float, float]:
@@ -157,29 +203,8 @@ def map_at_r_and_r_precision(
     Scores are computed chunk-wise as exact float32 matrix products, so memory stays bounded
     even for classes with thousands of members.
     """
-    x, labels = _check(features, labels, metric)
-    ids, class_size = _class_ids(labels)
-    r = class_size - 1
-    queries = np.flatnonzero(r > 0)
-    if queries.size == 0:
-        raise ValueError("no class has two or more members, so MAP@R and R-Precision are undefined")
-    queries = queries[np.argsort(r[queries], kind="stable")]  # similar R per chunk: small top-k
-    xt = torch.from_numpy(x)
-    sq_norms = None if metric == "cosine" else (xt * xt).sum(dim=1)
-    step = chunk_size or max(1, min(1024, _CHUNK_ELEMENTS // len(x)))
-    ap_sum = rp_sum = 0.0
-    for start in range(0, len(queries), step):
-        q = queries[start : start + step]
-        rq = r[q]
-        scores = _scores(xt[q], xt, sq_norms)
-        scores[np.arange(len(q)), q] = -np.inf  # exclude self by index
-        top = _ranked(scores, int(rq.max()))
-        rel = (ids[top] == ids[q][:, None]) & (np.arange(top.shape[1]) < rq[:, None])
-        hits = np.cumsum(rel, axis=1)
-        precision_at_k = hits / np.arange(1, top.shape[1] + 1)
-        ap_sum += float(np.sum(np.sum(precision_at_k * rel, axis=1) / rq))
-        rp_sum += float(np.sum(hits[:, -1] / rq))
-    return ap_sum / len(queries), rp_sum / len(queries)
+    ap, rp = per_query_map_at_r(features, labels, metric=metric, chunk_size=chunk_size)
+    return float(ap.mean()), float(rp.mean())
 
 
 def kmeans_assign(
@@ -254,19 +279,50 @@ def retrieval_metrics(
     (if ``nmi``) and ``"f1"`` (pairwise F1, if ``f1``), computed from one k-means run with
     K = number of distinct labels. See the functions used for the definitions.
     """
+    return retrieval_units(features, labels, recall_k=recall_k, metric=metric, nmi=nmi, f1=f1,
+                           kmeans_seed=kmeans_seed, kmeans_niter=kmeans_niter)[0]
+
+
+#: MAP@R reads R_i from the neighbour lists when the largest class has at most this many other
+#: members: the one search then goes to max(K, R); beyond it, an exact pass ranks R_i items per query.
+MAX_LIST_R = 1024
+
+
+def retrieval_units(
+    features,
+    labels,
+    *,
+    recall_k=(1, 2, 4, 8),
+    metric: str = "cosine",
+    nmi: bool = True,
+    f1: bool = False,
+    kmeans_seed: int = 0,
+    kmeans_niter: int = 20,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``(metrics, per_query)``: :func:`retrieval_metrics`' values and, for ``recall@K``,
+    ``map@r`` and ``r_precision``, one value per query (queries whose class has two or more
+    members, in test-set order) whose mean is the metric.
+
+    One exact kNN search serves Recall@K and, when the largest class fits in the lists
+    (R <= max(max K, MAX_LIST_R)), MAP@R and R-Precision too; otherwise those take an exact pass.
+    """
     x, labels = _check(features, labels, metric)
     ks = sorted({int(k) for k in recall_k})
     if not ks or ks[0] < 1 or ks[-1] > len(x) - 1:
         raise ValueError(f"every K in recall_k must be in [1, N - 1 = {len(x) - 1}], got {list(recall_k)}")
-    _, neighbours = nearest_neighbours(features, ks[-1], metric=metric)
-    out = {f"recall@{k}": v for k, v in recall_at_k(labels, neighbours, ks).items()}
-    out["map@r"], out["r_precision"] = map_at_r_and_r_precision(features, labels, metric=metric)
+    _, class_size = _class_ids(labels)
+    max_r = int(class_size.max()) - 1
+    search_k = max(ks[-1], max_r) if max_r <= max(ks[-1], MAX_LIST_R) else ks[-1]
+    _, neighbours = nearest_neighbours(features, min(search_k, len(x) - 1), metric=metric)
+    per_query = {f"recall@{k}": v for k, v in per_query_hits(labels, neighbours, ks).items()}
+    per_query["map@r"], per_query["r_precision"] = per_query_map_at_r(features, labels, metric=metric,
+                                                                      neighbours=neighbours)
+    del neighbours
+    out = {name: float(v.mean()) for name, v in per_query.items()}
     if nmi or f1:
-        clusters = kmeans_assign(
-            features, len(np.unique(labels)), metric=metric, seed=kmeans_seed, niter=kmeans_niter
-        )
+        clusters = kmeans_assign(features, len(np.unique(labels)), metric=metric, seed=kmeans_seed, niter=kmeans_niter)
         if nmi:
             out["nmi"] = _nmi(labels, clusters)
         if f1:
             out["f1"] = pairwise_f1(labels, clusters)
-    return out
+    return out, per_query

@@ -7,7 +7,8 @@ import importlib
 _EXPORTS = {
     "format_markdown": "aggregate", "load_metrics": "aggregate", "run_label": "aggregate",
     "summarise": "aggregate", "write_summary": "aggregate",
-    "main_metrics": "plots", "plot_protocol": "plots",
+    "main_metrics": "plots", "plot_forest": "plots", "plot_differences": "plots", "plot_ranks": "plots",
+    "comparisons": "comparisons", "load_runs": "comparisons", "ranks": "comparisons",
     "coarse_to_fine_tables": "tables", "paper_tables": "tables", "write_paper_tables": "tables",
     "plot_tsne": "tsne",
     "REPORT_DEFAULTS": "options", "validate_report": "options",

@@ -55,8 +55,9 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def load_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Load metrics files into one tidy DataFrame with columns :data:`COLUMNS`.
+def load_metrics(paths: Iterable[str | os.PathLike], with_source: bool = False) -> pd.DataFrame:
+    """Load metrics files into one tidy DataFrame with columns :data:`COLUMNS` (and ``source``,
+    each row's file, with ``with_source``).
 
     Raises ``ValueError`` naming the offending file when one is unreadable, is not a
     list of row objects, or lacks a column; and when two rows describe the same
@@ -77,7 +78,7 @@ def load_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     if dup.any():
         files = sorted({s for s, d in zip(sources, dup) if d})
         raise ValueError(f"duplicate metric rows for the same run in {files}")
-    return df
+    return df.assign(source=sources) if with_source else df
 
 
 def run_label(method: str, layer: str) -> str:

@@ -19,7 +19,8 @@ import pandas as pd
 from fgbench.io import atomic_write_text
 from fgbench.report.aggregate import EPISODE_MARK, format_cell
 
-__all__ = ["TABLES", "coarse_to_fine_tables", "format_markdown_tables", "markdown_rows", "paper_tables", "write_paper_tables"]
+__all__ = ["TABLES", "coarse_to_fine_tables", "format_markdown_tables", "latex_table", "markdown_rows", "paper_tables",
+           "write_latex_tables", "write_paper_tables"]
 
 MISSING = "—"
 
@@ -128,3 +129,64 @@ def write_paper_tables(summary: pd.DataFrame, folder: str | os.PathLike) -> None
         csv = csv[["dataset", *[c for c in csv.columns if c != "dataset"]]]
         atomic_write_text(Path(folder) / f"{kind}.csv", csv.to_csv(index=False))
         atomic_write_text(Path(folder) / f"{kind}.md", format_markdown_tables(tables, kind))
+
+
+# --- LaTeX (booktabs) from the comparison table ------------------------------------------------
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "≤": r"$\leq$", "—": "--", "×": r"$\times$"}
+ONE_SEED_MARK = r"\textsuperscript{\dag}"
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(row) -> str:
+    """``mean ± half-width`` in percent; bold for the best, underlined when not significantly
+    worse than it (rank group 1); marked when the interval is over one seed's units."""
+    text = f"{100 * row.mean:.2f}"
+    if row.interval != "none":
+        text += rf" \pm {50 * (row.hi - row.lo):.2f}"
+    text = rf"\mathbf{{{text}}}" if row.best else text
+    text = f"${text}$"
+    text = rf"\underline{{{text}}}" if row.group == 1 and not row.best else text
+    return text + (ONE_SEED_MARK if row.interval == "units (1 seed)" else "")
+
+
+def latex_table(comparisons: pd.DataFrame, kind: str, dataset: str) -> str:
+    """One ``\\input``-able booktabs tabular of table ``kind`` (see TABLES) for ``dataset``, from the
+    comparison table: rows method and layer (by setting for retrieval), cells mean ± half the 95%
+    interval in %, the best of a column in bold, methods not significantly worse underlined."""
+    spec = TABLES[kind]
+    wanted = {**spec.columns, **spec.optional}
+    rows = comparisons[(comparisons["dataset"] == dataset) & comparisons["setting"].isin(spec.settings)]
+    rows = rows[[k in wanted for k in zip(rows["protocol"], rows["metric"])]]
+    head = [f"% fgbench: {spec.title}, {dataset} (needs \\usepackage{{booktabs}}). Values in %, mean ± half the",
+            "% 95% hierarchical-bootstrap interval; bold: the best of a column; underlined: not significantly",
+            "% worse than it (Holm-adjusted paired tests, alpha 0.05); -- : not evaluated."]
+    if rows.empty:
+        return "\n".join(head + [f"% No run of {dataset} has a {' or '.join(spec.settings)} setting with these metrics.", ""])
+    present = set(zip(rows["protocol"], rows["metric"]))
+    headers = {**spec.columns, **{k: h for k, h in spec.optional.items() if k in present}}
+    index = ["setting", "label"] if spec.setting_column else ["label"]
+    keys = sorted(set(zip(*(rows[c] for c in index))), key=lambda k: ("+" in k[-1], *k))
+    cells = {key: dict.fromkeys(headers.values(), "--") for key in keys}
+    for row in rows.itertuples(index=False):
+        cells[tuple(getattr(row, c) for c in index)][headers[(row.protocol, row.metric)]] = _latex_cell(row)
+    names = ["Setting", "Method (layer)"] if spec.setting_column else ["Method (layer)"]
+    lines = head + [rf"\begin{{tabular}}{{{'l' * len(names)}{'r' * len(headers)}}}", r"\toprule",
+                    " & ".join(map(latex_escape, [*names, *headers.values()])) + r" \\", r"\midrule"]
+    lines += [" & ".join([*map(latex_escape, key), *cells[key].values()]) + r" \\" for key in keys]
+    if (rows["interval"] == "units (1 seed)").any():
+        lines.append(rf"\multicolumn{{{len(names) + len(headers)}}}{{l}}{{\footnotesize {ONE_SEED_MARK} "
+                     r"one seed: interval over episodes or queries only} \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write_latex_tables(comparisons: pd.DataFrame, targets, folder: str | os.PathLike) -> None:
+    """Atomically write ``{kind}_{dataset}.tex`` into ``folder`` for each (kind, dataset) of ``targets``."""
+    for kind, dataset in targets:
+        atomic_write_text(Path(folder) / f"{kind}_{dataset}.tex", latex_table(comparisons, kind, dataset))
