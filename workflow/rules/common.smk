@@ -17,7 +17,8 @@ try:
     CFG = fgconfig.validate(config)
 except FgbenchError as e:
     sys.exit(f"fgbench: config error: {e}")
-validate(config, schema="../schemas/config.schema.yaml")
+# The schema sees what fgbench validated: nested --config values read as numbers (seeds=[0,1,2]).
+validate(fgconfig.from_command_line(config), schema="../schemas/config.schema.yaml")
 
 # For envs/fgbench.post-deploy.sh: where fgbench lives, to install it into a conda env (--sdm conda).
 # Set here, never read from the user's environment (so no `envvars:` entry).
