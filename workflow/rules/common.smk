@@ -3,20 +3,19 @@ import functools
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from fgbench import config as fgconfig
 from fgbench.evaluate.combine import combination_cells
-from fgbench.errors import FgbenchError
+from fgbench.errors import FgbenchError, exit_on_config_error
 
 # fgbench's checks first: one line naming the key to fix; then the schema as a backstop.
 try:
     CFG = fgconfig.validate(config)
 except FgbenchError as e:
-    sys.exit(f"fgbench: config error: {e}")
+    exit_on_config_error(e)
 # The schema sees what fgbench validated: nested --config values read as numbers (seeds=[0,1,2]).
 validate(fgconfig.from_command_line(config), schema="../schemas/config.schema.yaml")
 
