@@ -107,7 +107,10 @@ def cmd_evaluate(args):
 
     ensure_writable(args.out)
     run = _spec(args.run)
-    rows = metric_rows(args.embeddings, _spec(args.spec), run, run.pop("config_hash", ""), device=args.device)
+    try:
+        rows = metric_rows(args.embeddings, _spec(args.spec), run, run.pop("config_hash", ""), device=args.device)
+    except ValueError as e:  # e.g. too few test images per class for the protocol's episodes
+        raise FgbenchError(f"{args.embeddings}: {e}") from e
     atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
 
 
@@ -120,10 +123,13 @@ def cmd_combine(args):
     spec, run = _spec(args.spec), _spec(args.run)
     if not isinstance(spec, dict) or not {"combination", "protocol"} <= set(spec):
         raise FgbenchError("--spec must be a JSON object with keys 'combination' and 'protocol'")
+    from .provenance import row_hash
+
     arrays_a, arrays_b = (load_embeddings(path) for path in args.embeddings)
+    config_hash = row_hash(run.pop("config_hash", ""), arrays_a, arrays_b)
     try:
         rows = combination_rows(arrays_a, arrays_b, spec["combination"], spec["protocol"], run,
-                                run.pop("config_hash", ""), device=args.device)
+                                config_hash, device=args.device)
     except ValueError as e:  # e.g. a retrieval protocol, or n_aug above the files' views
         raise FgbenchError(str(e)) from e
     atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
