@@ -397,10 +397,7 @@ def _resume(run, ckpt_path, digest, device) -> None:
              f"(provenance {ckpt['spec_hash']}, this run {digest}); training starts over from epoch 0")
         return
     run.restore(ckpt)
-    except (RuntimeError, KeyError, ValueError) as e:  # state of another shape
-        return _set_aside(ckpt_path, f"{type(e).__name__}: {e}")
-    if distributed.is_main():
-        print(f"resuming from {ckpt_path} after epoch {run.epoch}", flush=True)
+    _say(f"resuming from {ckpt_path} after epoch {run.epoch}")
 
 
 def _start_epoch(run, spec, epoch):
