@@ -2,7 +2,6 @@
 config mistakes, the `fgbench` stages for damaged files. Each case: exit status 2, one line that
 names the key or the path to fix, and no output file written."""
 
-import copy
 import json
 import subprocess
 import sys
@@ -20,21 +19,7 @@ from fgbench.errors import ConfigError
 from fgbench.train import train
 from test_cli import SPEC as PREPARE_SPEC
 from test_cli import assert_one_line_error, fgbench
-
-DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def changed(**dotted):
-    """The default config with ``a__b=value`` set (``a.b``)."""
-    cfg = copy.deepcopy(DEFAULT)
-    for path, value in dotted.items():
-        *parents, last = path.split("__")
-        node = cfg
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return cfg
-
+from test_config import changed
 
 # (case, config, what the one line must say)
 CONFIG_CASES = [
@@ -42,6 +27,8 @@ CONFIG_CASES = [
     ("train_not_a_mapping", changed(train=5), "config key 'train' must be a mapping"),
     ("dataset_as_a_list", changed(datasets={"fashion_mnist": ["root"]}),
      "config key 'datasets.fashion_mnist' must be a mapping of dataset settings"),
+    ("dataset_mapped_to_a_list", changed(benchmark={"fashion_mnist": ["triplet"]}),
+     "config key 'benchmark.fashion_mnist' must be a mapping of settings to lists of methods, got a list"),
     ("method_list_as_text", changed(benchmark={"fashion_mnist": {"open_set": "triplet"}}),
      "config key 'benchmark.fashion_mnist.open_set' must be a list of methods, e.g. [triplet, lsd], got the text 'triplet'"),
     ("empty_method_list", changed(benchmark={"fashion_mnist": {"open_set": []}}),
