@@ -81,9 +81,9 @@ def test_config_mistakes_stop_snakemake_before_any_job(tmp_path):
 
 def test_nested_command_line_values_are_read_as_numbers():
     """Snakemake hands `--config 'seeds=[0,1,2]' 'train={lr: 0.01}'` over as strings."""
-    cfg = fgconfig.validate({**changed(), "seeds": ["0", "1", "2"], "train": {"lr": "0.01", "epochs": "3", "amp": "false"}})
+    cfg = fgconfig.validate({**changed(), "seeds": ["0", "1", "2"], "train": {"lr": "0.01", "epochs": "3", "nesterov": "true"}})
     assert cfg["seeds"] == [0, 1, 2]
-    assert (cfg["train"]["lr"], cfg["train"]["epochs"], cfg["train"]["amp"]) == (0.01, 3, False)
+    assert (cfg["train"]["lr"], cfg["train"]["epochs"], cfg["train"]["nesterov"]) == (0.01, 3, True)
     with pytest.raises(ConfigError, match="'seeds' must list non-negative integers, got 'zero'"):
         fgconfig.validate({**changed(), "seeds": ["zero"]})
 
