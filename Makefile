@@ -33,8 +33,11 @@ test-deps:
 		|| echo "slurm or chromium not installable: their tests will skip"; \
 	fi
 
+# A killed run leaves Snakemake's lock behind: lift it first, unless a Snakemake still runs here.
+# The workflow profile (profiles/default) loads by itself.
 run: setup
-	snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+	$(PY) -m fgbench.unlock
+	snakemake --cores $(CORES)
 	snakemake --cores $(CORES) --report results/report.html
 	@echo "Results: results/tables/summary.md and the papers' tables results/tables/{coarse_to_fine,retrieval,closed_set}.md; report: results/report.html"
 

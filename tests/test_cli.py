@@ -6,7 +6,7 @@ import sys
 
 from conftest import idx_bytes, synthetic_fashion, write_fashion
 
-SPEC = {"dataset": "fashion_mnist", "val_fraction": 0.1, "split_seed": 0}
+SPEC = {"dataset": "fashion_mnist", "val_fraction": 0.1, "split_seed": 0, "verify": False}  # synthetic files
 
 
 def fgbench(*args):

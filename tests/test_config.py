@@ -14,7 +14,8 @@ from fgbench.models import get_backbone
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def check(**changes):
+def changed(**changes):
+    """The default config with ``a__b=value`` set (``a.b``)."""
     cfg = copy.deepcopy(DEFAULT)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")
@@ -22,7 +23,11 @@ def check(**changes):
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
-    return fgconfig.validate(cfg)
+    return cfg
+
+
+def check(**changes):
+    return fgconfig.validate(changed(**changes))
 
 
 def test_default_config_resolves():

@@ -14,7 +14,8 @@ from fgbench.data import (
 from fgbench.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from fgbench.errors import DataError
 
-SPEC = {"val_fraction": 0.2, "split_seed": 0, "max_images_per_class": None}
+SPEC = {"val_fraction": 0.2, "split_seed": 0, "max_images_per_class": None,
+        "verify": False}  # synthetic files: not the official md5s
 
 
 @pytest.mark.parametrize("gz", [True, False])

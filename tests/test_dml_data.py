@@ -16,7 +16,8 @@ from fgbench import config as fgconfig
 from fgbench.data import DATASETS, cars, cifar10, cub, load_prepared, mnist, prepare, sop
 from fgbench.errors import ConfigError, DataError
 
-SPEC = {"val_fraction": 0.1, "split_seed": 0, "max_images_per_class": None}
+SPEC = {"val_fraction": 0.1, "split_seed": 0, "max_images_per_class": None,
+        "verify": False}  # synthetic files: not the official md5s
 
 
 def jpeg_bytes(value: int) -> bytes:

@@ -197,7 +197,7 @@ def test_label_free_methods_train_on_train_and_val(tmp_path):
     cfg = fgconfig.validate(yaml.safe_load((REPO / "config.yaml").read_text()))
     for method, setting, expected in (("moco", "coarse_to_fine", len(splits["train"]) + len(splits["val"])),
                                       ("supervised_coarse", "coarse_to_fine", len(splits["train"]))):
-        train, _, _, labels = loop._splits(fgconfig.train_spec(cfg, "fashion_mnist", setting, method, 0), data)
+        train, _, _, labels, _ = loop._splits(fgconfig.train_spec(cfg, "fashion_mnist", setting, method, 0), data)
         assert len(train) == len(train.images) == len(labels) == expected, method
     # open set: the validation images of the training classes join, no others
     train, *_ = loop._splits(fgconfig.train_spec(cfg, "fashion_mnist", "open_set", "stml", 0), data)

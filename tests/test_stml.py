@@ -256,7 +256,7 @@ def test_bad_parameters():
 def test_a_training_run_through_the_loop(tmp_path):
     folder = write_fashion(tmp_path / "fashion", n_train=24, n_test=4)
     data = tmp_path / "data.npz"
-    prepare("fashion_mnist", {"root": str(folder), "val_fraction": 0.2, "split_seed": 0}, data)
+    prepare("fashion_mnist", {"root": str(folder), "val_fraction": 0.2, "split_seed": 0, "verify": False}, data)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["methods"]["stml"] = {"params": {"embedding_dim": 16, "g_dim": 32}, "embed_layer": "head"}
     cfg["train"].update(epochs=2, batch_size=40, device="cpu")

@@ -7,25 +7,24 @@
 # Each experiment is the root Snakefile imported as a module with its own config; its outputs go
 # to results/<experiment>/ (not results/), so two experiments that train the same method on the
 # same dataset differently (e.g. 128-d and 512-d embeddings) never overwrite each other.
-import sys
 from pathlib import Path
 
 import yaml
 
 from fgbench.config import merge_dataset_overrides
-from fgbench.errors import FgbenchError
+from fgbench.errors import FgbenchError, exit_on_config_error
 from fgbench.report.ledger import load_ledger
 
 EXPERIMENT_DIR = Path(workflow.basedir) / "experiments"
 KNOWN = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
 EXPERIMENTS = config.get("experiments") or KNOWN
 for name in set(EXPERIMENTS) - set(KNOWN):
-    sys.exit(f"fgbench: config error: config key 'experiments' names '{name}'; valid: {', '.join(KNOWN)}")
+    exit_on_config_error(f"config key 'experiments' names '{name}'; valid: {', '.join(KNOWN)}")
 CONFIGS = {name: yaml.safe_load((EXPERIMENT_DIR / f"{name}.yaml").read_text()) for name in EXPERIMENTS}
 try:
     CONFIGS = merge_dataset_overrides(CONFIGS, config.get("datasets"))
 except FgbenchError as e:
-    sys.exit(f"fgbench: config error: {e}")
+    exit_on_config_error(e)
 
 
 for experiment in EXPERIMENTS:
@@ -55,7 +54,7 @@ LEDGER = Path(workflow.basedir) / "ledger.yaml"
 try:
     LEDGER_EXPERIMENTS = sorted({row["experiment"] for row in load_ledger(LEDGER)} & set(EXPERIMENTS))
 except FgbenchError as e:
-    sys.exit(f"fgbench: config error: {e}")
+    exit_on_config_error(e)
 
 
 rule ledger:

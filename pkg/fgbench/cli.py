@@ -124,8 +124,11 @@ def cmd_evaluate(args):
 
     ensure_writable(args.out)
     run, spec = _spec(args.run), _spec(args.spec)
-    rows, digest, per_layer = metric_rows_and_units(args.embeddings, spec, run, run.pop("config_hash", ""),
-                                                    device=_evaluation_device(args))
+    try:
+        rows, digest, per_layer = metric_rows_and_units(args.embeddings, spec, run, run.pop("config_hash", ""),
+                                                        device=_evaluation_device(args))
+    except ValueError as e:  # e.g. too few test images per class for the protocol's episodes
+        raise FgbenchError(f"{args.embeddings}: {e}") from e
     _write_metrics(args.out, rows, digest, per_layer, spec["name"])
 
 
@@ -137,10 +140,13 @@ def cmd_combine(args):
     spec, run = _spec(args.spec), _spec(args.run)
     if not isinstance(spec, dict) or not {"combination", "protocol"} <= set(spec):
         raise FgbenchError("--spec must be a JSON object with keys 'combination' and 'protocol'")
+    from .provenance import row_hash
+
     arrays_a, arrays_b = (load_embeddings(path) for path in args.embeddings)
+    config_hash = row_hash(run.pop("config_hash", ""), arrays_a, arrays_b)
     try:
         rows, digest, per_layer = combination_rows_and_units(
-            arrays_a, arrays_b, spec["combination"], spec["protocol"], run, run.pop("config_hash", ""),
+            arrays_a, arrays_b, spec["combination"], spec["protocol"], run, config_hash,
             device=_evaluation_device(args))
     except ValueError as e:  # e.g. a retrieval protocol, or n_aug above the files' views
         raise FgbenchError(str(e)) from e

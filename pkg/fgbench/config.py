@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import json
 
+from .config_checks import check_param_types, check_protocol_fit, check_shapes, from_command_line  # noqa: F401 (from_command_line: common.smk)
 from .errors import ConfigError
 from .evaluate.combine import combination_layer, validate_combinations
 from .report.options import validate_compare, validate_report
@@ -51,6 +52,7 @@ DATASET_DEFAULTS = {
     # default (cub200 15, cars196 15, sop 1698, else none); 0: none, val_fraction of the images instead.
     "val_classes": None,
     "split_seed": 0,
+    "verify": True,  # md5 of the official files (Fashion-MNIST, MNIST, CIFAR); false: a modified copy
     "max_images_per_class": None,  # {train: n, val: n, test: n}: caps for quick runs and tests
     "backbone": {"name": "small_cnn"},
     "view_augment": None,  # few-shot support views; None: the dataset's default
@@ -215,6 +217,7 @@ def _resolve_methods(cfg: dict, methods: dict) -> dict:
         if m["metric"] is not None:
             _one_of(m["metric"], RETRIEVAL_METRICS, f"methods.{name}.metric")
         _check_params(name, m["params"], cls)
+        check_param_types(name, m["params"], cls)
     for dataset, ds in cfg["datasets"].items():  # every merged train section, before any job runs
         _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
         for name, m in resolved.items():
@@ -257,6 +260,7 @@ def _resolve_datasets(cfg: dict) -> dict:
         for key, default in (("view_augment", transforms["view"]), ("eval_transform", transforms["eval"])):
             ds[key] = default if ds[key] is None else ds[key]
             _one_of(ds[key], _augment_names(), f"datasets.{name}.{key}")
+        _one_of(ds["verify"], (True, False), f"datasets.{name}.verify")
         _check_resources(ds["resources"], f"datasets.{name}.resources")
         resolved[name] = ds
     return resolved
@@ -285,7 +289,8 @@ def validate(config: dict) -> dict:
     unknown = set(config) - TOP_LEVEL
     if unknown:
         raise ConfigError(f"unknown top-level config key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL))}")
-    cfg = copy.deepcopy(config)
+    cfg = from_command_line(copy.deepcopy(config))  # nested --config values arrive as strings
+    check_shapes(cfg, DATASET_DEFAULTS, METHOD_DEFAULTS, EMBED_DEFAULTS)
     cfg.setdefault("seeds", [0])
     cfg.setdefault("benchmark", {})
     for seed in cfg["seeds"]:
@@ -302,6 +307,9 @@ def validate(config: dict) -> dict:
     cfg["report"] = validate_report(cfg.get("report"))
     cfg["methods"] = _resolve_methods(cfg, cfg.get("methods") or {})
     cfg["protocols"] = _resolve_protocols(cfg.get("protocols"), cfg["embed"]["views"])
+    from .data import get_dataset
+
+    check_protocol_fit(cfg, get_dataset)
     layers = {name: tuple(m["embed_layer"]) for name, m in cfg["methods"].items()}
     cfg["combinations"] = validate_combinations(cfg.get("combinations"), layers, runs=runs(cfg))
     cfg["compare"] = validate_compare(cfg.get("compare"), _method_names() | {c["name"] for c in cfg["combinations"]})
@@ -349,7 +357,7 @@ def job_resources(cfg: dict, rule: str, dataset: str | None = None) -> dict:
 def prepare_spec(cfg: dict, dataset: str) -> dict:
     ds = cfg["datasets"][dataset]
     keys = ("root", "download_dir", "val_fraction", "val_classes", "split_seed", "max_images_per_class",
-            "hierarchy_dir", "breeds_split", "val_root")
+            "hierarchy_dir", "breeds_split", "val_root", "verify")
     return {"dataset": dataset, **{k: ds[k] for k in keys}}
 
 

@@ -69,6 +69,12 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if active():
+        dist.barrier()
+
+
 def is_main() -> bool:
     """Rank 0, the only rank that validates, prints and writes files."""
     return rank() == 0

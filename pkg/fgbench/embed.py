@@ -14,7 +14,10 @@ import torch
 
 from .data import load_prepared
 from .data.transforms import build_augment
+from .errors import TrainingError
+from .evaluate import non_finite
 from .io import atomic_path
+from .provenance import code_version, digest
 from .train.loop import embed_images, load_model, pick_device
 
 
@@ -26,7 +29,7 @@ def embed_split(model_path, data_path, split: str, spec: dict, out_path, device=
     """Write the embeddings of ``split`` (restricted to the setting's test classes for the test
     split) for every configured layer."""
     device = pick_device(device)
-    method, run_spec = load_model(model_path, device)
+    method, run_spec, model_provenance = load_model(model_path, device, provenance=True)
     data = load_prepared(data_path)
     classes = run_spec["setting_def"]["test_classes" if split == "test" else "train_classes"]
     part = data.splits[split].with_classes(classes)
@@ -36,6 +39,8 @@ def embed_split(model_path, data_path, split: str, spec: dict, out_path, device=
     arrays = {
         "layers": np.array(layers), "fine": part.fine, "coarse": part.coarse, "index": part.index,
         "fine_names": np.array(data.fine_names), "coarse_names": np.array(data.coarse_names),
+        # what these features depend on: the model (its spec, data and code), the data embedded, the code
+        "provenance": np.str_(digest(model_provenance, data.data_hash, spec, split, code_version())),
         **{f"features_{layer}": plain[layer] for layer in layers},
     }
     if split == "test" and spec["views"] > 0:
@@ -47,6 +52,12 @@ def embed_split(model_path, data_path, split: str, spec: dict, out_path, device=
                 per_view.append(embed_images(method, part.images, layers, device, transform=augment, seeds=seeds, **options))
         for layer in layers:
             arrays[f"aug_features_{layer}"] = np.stack([v[layer] for v in per_view], axis=1)
+    bad = non_finite(arrays)
+    if bad:
+        layer, count = next(iter(bad.items()))
+        raise TrainingError(f"layer '{layer}' of {model_path} gives {count} non-finite values (NaN or inf) on the "
+                            f"{split} split: the trained weights are broken; delete {model_path} and retrain "
+                            "(a lower train.lr often helps)")
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

@@ -15,3 +15,12 @@ class DataError(FgbenchError):
 
 class TrainingError(FgbenchError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+def exit_on_config_error(error) -> None:
+    """For the Snakefiles: the one line ``fgbench: config error: ...`` on stderr and exit status 2,
+    the status ``fgbench`` gives every input error (1 is left to bugs)."""
+    import sys
+
+    print(f"fgbench: config error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2)

@@ -3,7 +3,6 @@ import functools
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -11,14 +10,15 @@ from snakemake.utils import validate
 from fgbench import config as fgconfig
 from fgbench.evaluate.combine import combination_cells
 from fgbench.report.options import expected_latex
-from fgbench.errors import FgbenchError
+from fgbench.errors import FgbenchError, exit_on_config_error
 
 # fgbench's checks first: one line naming the key to fix; then the schema as a backstop.
 try:
     CFG = fgconfig.validate(config)
 except FgbenchError as e:
-    sys.exit(f"fgbench: config error: {e}")
-validate(config, schema="../schemas/config.schema.yaml")
+    exit_on_config_error(e)
+# The schema sees what fgbench validated: nested --config values read as numbers (seeds=[0,1,2]).
+validate(fgconfig.from_command_line(config), schema="../schemas/config.schema.yaml")
 
 # For envs/fgbench.post-deploy.sh: where fgbench lives, to install it into a conda env (--sdm conda).
 # Set here, never read from the user's environment (so no `envvars:` entry).

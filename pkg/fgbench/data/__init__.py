@@ -37,10 +37,14 @@ Prepared format (``data.npz``; ``<s>`` is train, val or test):
 - the images, in one of three forms: ``<s>_images`` (uint8 array in the npz); or
   ``<s>_images_npy`` (the name of a uint8 ``.npy`` file in the same folder, opened memory-mapped);
   or ``<s>_paths`` (str, relative to ``<s>_image_root``, an absolute folder: decoded on access);
-- ``fine_to_coarse`` (int64, one entry per fine class) and ``names`` (JSON: {fine, coarse}).
+- ``fine_to_coarse`` (int64, one entry per fine class) and ``names`` (JSON: {fine, coarse});
+- ``data_hash``: the prepared data's identity (``fgbench.provenance``): a hash of the prepare
+  spec and of the arrays above, computed once here; checkpoints and metric rows carry it.
 """
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
+from ..provenance import arrays_hash, digest, file_hash
 from . import cars, cifar10, cifar100, cub, fashion_mnist, imagenet, mnist, sop, tiered
 from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, join_images, write_npy
 
@@ -116,6 +121,7 @@ class PreparedData:
     fine_names: list
     coarse_names: list
     fine_to_coarse: np.ndarray
+    data_hash: str = ""
 
 
 def _cap_per_class(split: Split, cap, seed) -> Split:
@@ -227,9 +233,18 @@ def prepare(name: str, cfg: dict, out_path) -> None:
         else:
             arrays[f"{split_name}_images"] = np.asarray(images)
     names = {"fine": list(raw["fine_names"]), "coarse": list(raw["coarse_names"])}
+    arrays.update(fine_to_coarse=fine_to_coarse, names=np.str_(json.dumps(names)))
+    arrays["data_hash"] = np.str_(data_hash(cfg, arrays))
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, fine_to_coarse=fine_to_coarse, names=json.dumps(names), **arrays)
+            np.savez(f, **arrays)
+
+
+def data_hash(cfg: dict, arrays: dict) -> str:
+    """The prepared data's identity: what was asked (the prepare spec, less what cannot change
+    the data) and what was written (the arrays' contents)."""
+    asked = {k: v for k, v in cfg.items() if k not in ("verify", "download_dir")}
+    return digest(asked, arrays_hash(arrays))
 
 
 def _images(z, split: str, folder: Path):
@@ -258,6 +273,7 @@ def load_prepared(path) -> PreparedData:
                 splits[s] = split
             names = json.loads(str(z["names"]))
             fine_to_coarse = z["fine_to_coarse"]
-    except (OSError, KeyError, ValueError, DataError) as e:
+            identity = str(z["data_hash"]) if "data_hash" in z else file_hash(path)  # older files: their bytes
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, DataError) as e:
         raise DataError(f"prepared dataset {path} is unreadable ({e}); {fix}") from e
-    return PreparedData(splits, names["fine"], names["coarse"], fine_to_coarse)
+    return PreparedData(splits, names["fine"], names["coarse"], fine_to_coarse, identity)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .checksums import verify
 from .cifar100 import download_archive, int_labels, locate_folder, read_pickle, rows_to_images
 
 NAME = "cifar10"
@@ -40,6 +41,13 @@ FILES = (*TRAIN_FILES, "test_batch", "batches.meta")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+# md5 of the extracted files (the same as torchvision's CIFAR10.train_list / test_list / meta).
+FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
 
 
 def download(folder: Path) -> Path:
@@ -80,4 +88,5 @@ def load(folder) -> dict:
 def read(cfg: dict) -> dict:
     """The dataset as ``fgbench.data.prepare`` needs it (see its docstring), from ``cfg``'s root / download_dir."""
     folder = locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{NAME}")
+    verify({folder / name: md5 for name, md5 in FILE_MD5.items()}, NAME, cfg)
     return {**load(folder), "fine_to_coarse": FINE_TO_COARSE, "fine_names": FINE_NAMES, "coarse_names": COARSE_NAMES}

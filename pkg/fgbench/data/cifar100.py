@@ -15,7 +15,6 @@ Where the files are looked for, in order: the configured ``root`` (a folder hold
 ``download_dir``), whose archive is checked against the published md5.
 """
 
-import hashlib
 import pickle
 import tarfile
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_path, try_download
+from .checksums import file_md5, verify
 
 NAME = "cifar100"
 # The official ``meta`` file's order (alphabetical).
@@ -77,6 +77,9 @@ FILES = ("train", "test", "meta")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+# md5 of the extracted pickles (the same as torchvision's CIFAR100.train_list / test_list / meta).
+FILE_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+            "meta": "7973b15100ade9c7d40fb424638fde48"}
 LAYOUT = f"{FOLDER}/{{{','.join(FILES)}}}"
 
 
@@ -93,11 +96,7 @@ def resolve_folder(folder: Path, name: str, files) -> Path:
 
 
 def md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_md5(path)
 
 
 def download_archive(folder: Path, url: str, archive_name: str, md5: str, name: str, files) -> Path:
@@ -249,4 +248,5 @@ def load(folder) -> dict:
 def read(cfg: dict) -> dict:
     """The dataset as ``fgbench.data.prepare`` needs it (see its docstring), from ``cfg``'s root / download_dir."""
     folder = locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{NAME}")
+    verify({folder / name: md5 for name, md5 in FILE_MD5.items()}, NAME, cfg)
     return {**load(folder), "fine_to_coarse": FINE_TO_COARSE, "fine_names": FINE_NAMES, "coarse_names": COARSE_NAMES}

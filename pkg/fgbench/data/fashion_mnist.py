@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_path, try_download
+from .checksums import verify
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 
 NAME = "fashion_mnist"
@@ -123,6 +124,11 @@ def locate_idx(title: str, name: str, root, search, download_dir, allow_download
     )
 
 
+def verify_idx(folder, md5s: dict, name: str, cfg: dict) -> None:
+    """Check the four files' payload md5s (a ``.gz`` file by its decompressed bytes)."""
+    verify({find_idx(Path(folder), stem): md5 for stem, md5 in md5s.items()}, name, cfg, decompress=True)
+
+
 def load_idx(folder, n_classes: int = 10) -> dict:
     """The official train and test splits of an IDX dataset: uint8 images (N, 28, 28) and labels."""
     folder = Path(folder)
@@ -162,4 +168,5 @@ def load(folder) -> dict:
 def read(cfg: dict) -> dict:
     """The dataset as ``fgbench.data.prepare`` needs it (see its docstring), from ``cfg``'s root / download_dir."""
     folder = locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{NAME}")
+    verify_idx(folder, RAW_MD5, NAME, cfg)
     return {**load(folder), "fine_to_coarse": FINE_TO_COARSE, "fine_names": FINE_NAMES, "coarse_names": COARSE_NAMES}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fashion_mnist import download_idx, load_idx, locate_idx
+from .fashion_mnist import download_idx, load_idx, locate_idx, verify_idx
 
 NAME = "mnist"
 FINE_NAMES = [str(d) for d in range(10)]
@@ -40,6 +40,13 @@ GZ_MD5 = {  # md5 of the published .gz files (shared/reference/datasets.md, torc
     "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 
+RAW_MD5 = {  # md5 of the decompressed files: what the files found under root are checked against
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
 
 def download(folder: Path) -> Path:
     """Fetch the four official .gz files into ``folder``, each checked against its md5."""
@@ -59,4 +66,5 @@ def load(folder) -> dict:
 def read(cfg: dict) -> dict:
     """The dataset as ``fgbench.data.prepare`` needs it (see its docstring), from ``cfg``'s root / download_dir."""
     folder = locate(cfg.get("root"), download_dir=cfg.get("download_dir") or f"resources/{NAME}")
+    verify_idx(folder, RAW_MD5, NAME, cfg)
     return {**load(folder), "fine_to_coarse": FINE_TO_COARSE, "fine_names": FINE_NAMES, "coarse_names": COARSE_NAMES}

@@ -27,7 +27,25 @@ def load_embeddings(path) -> dict:
         raise DataError(f"{path}: cannot read the embeddings file ({e})") from e
     if "layers" not in arrays:
         raise DataError(f"{path}: no 'layers' array (written by an older fgbench?); rerun `fgbench embed`")
+    bad = non_finite(arrays)
+    if bad:  # a NaN passes the cosine classifier and reports chance-level numbers in every table
+        layer, count = next(iter(bad.items()))
+        raise DataError(f"{path}: layer '{layer}' holds {count} non-finite values (NaN or inf); delete the file and "
+                        "rerun `fgbench embed` (snakemake reruns it), and retrain if they come back")
     return arrays
+
+
+def non_finite(arrays) -> dict:
+    """{layer: number of NaN or infinite values} over its plain and augmented features; only
+    layers that have some."""
+    counts = {}
+    for key, values in arrays.items():
+        if key.startswith(("features_", "aug_features_")) and np.issubdtype(values.dtype, np.floating):
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            if bad:
+                layer = key.split("features_", 1)[1]
+                counts[layer] = counts.get(layer, 0) + bad
+    return counts
 
 
 def layer_names(arrays) -> list:
@@ -45,6 +63,20 @@ def layer_features(arrays, layer: str, aug: bool = False):
         raise DataError(f"the embeddings file has no augmented views of layer '{layer}' "
                         f"(aug_features_{layer}); few-shot needs the test split with embed.views >= n_aug")
     return arrays[f"features_{layer}"], arrays[f"aug_features_{layer}"]
+
+
+def check_ways(fine, protocol: dict) -> None:
+    """A fewshot protocol asking for more ways than the test classes that can fill an episode
+    (``n_shot + n_query`` images) stops here: it would silently become all-way."""
+    n_way, needed = protocol["n_way"], protocol["n_shot"] + protocol["n_query"]
+    if protocol.get("intra") or n_way == "all":
+        return
+    _, counts = np.unique(np.asarray(fine), return_counts=True)
+    usable = int((counts >= needed).sum())
+    if n_way > usable:
+        key = f"protocols.{protocol.get('name', '<protocol>')}"
+        raise DataError(f"config key '{key}.n_way' = {n_way} exceeds the {usable} test classes with at least "
+                        f"n_shot + n_query = {needed} images; lower n_way (or n_query), or use n_way: all")
 
 
 def evaluate_layer(arrays, layer: str, protocol: dict, device="cpu"):
@@ -70,6 +102,7 @@ def layer_units(arrays, layer: str, protocol: dict, device="cpu"):
         results = [(metric, value, None, len(labels)) for metric, value in res.items()]
         return results, {"accuracy": per_image_accuracy(probs, labels)}, split_hash(arrays)
     if protocol["kind"] == "fewshot":
+        check_ways(arrays["fine"], protocol)
         features, aug = layer_features(arrays, layer, aug=True)
         res = fewshot_accuracy(features, aug, arrays["fine"], arrays["coarse"], device=device, **p)
         return [("accuracy", res["accuracy"], res["ci95"], res["n"])], {"accuracy": res["per_episode"]}, res["draws_hash"]
@@ -124,7 +157,10 @@ def metric_rows(embeddings_path, protocol: dict, run: dict, config_hash: str, de
 def metric_rows_and_units(embeddings_path, protocol: dict, run: dict, config_hash: str, device="cpu"):
     """``(rows, draws_hash, per_layer)``: :func:`metric_rows` and the per-unit values for
     :func:`fgbench.evaluate.units.write_units`."""
+    from ..provenance import row_hash
+
     arrays = load_embeddings(embeddings_path)
+    config_hash = row_hash(config_hash, arrays)  # covers the data and the code the embeddings came from
     results, per_layer, digest = protocol_units(arrays, protocol, device)
     return tidy_rows(results, run, protocol["name"], config_hash), digest, per_layer
 

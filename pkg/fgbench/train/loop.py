@@ -31,10 +31,11 @@ from ..data import load_prepared
 from ..data.noise import symmetric_label_noise
 from ..data.samplers import ClassRandomBatchSampler
 from ..data.transforms import ImageDataset, build_augment, collate, eval_batches
-from ..errors import TrainingError
+from ..errors import DataError, TrainingError
 from ..evaluate.retrieval import nearest_neighbours, recall_at_k
 from ..io import atomic_path, atomic_write_text
 from ..methods import build_method, get_method_class
+from ..provenance import run_hash
 from ..models import Normalize, get_backbone
 from .. import distributed
 
@@ -85,13 +86,29 @@ def build_model(spec: dict, num_classes: int, in_channels: int, image_size: int,
     return method
 
 
-def load_model(path, device="cpu"):
+def _load(path, device, what: str) -> dict:
+    """A ``torch.save``d dict; a truncated or damaged file is a ``DataError`` naming it."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated zip, unpickling errors, ... : the message says which
+        raise DataError(f"{what} file {path} is unreadable ({type(e).__name__}: {e}); delete it and rerun "
+                        "(snakemake: the rerun trains it again)") from e
+    if not isinstance(saved, dict):
+        raise DataError(f"{what} file {path} holds a {type(saved).__name__}, not an fgbench {what}; delete it and rerun")
+    return saved
+
+
+def load_model(path, device="cpu", provenance=False):
     """Rebuild a trained method from ``model.pt``; weights load strictly (training-only state,
-    such as key encoders and queues, is not saved there)."""
-    saved = torch.load(path, map_location=device, weights_only=False)
+    such as key encoders and queues, is not saved there). ``(method, spec)``, plus the model's
+    provenance hash with ``provenance`` ("" for a model.pt written before it existed)."""
+    saved = _load(path, device, "model")
     method = build_model(saved["spec"], saved["num_classes"], *saved["input_shape"], saved["num_samples"])
     method.load_inference_state(saved["state_dict"])
-    return method.to(device).eval(), saved["spec"]
+    method = method.to(device).eval()
+    return (method, saved["spec"], saved.get("provenance", "")) if provenance else (method, saved["spec"])
 
 
 @torch.no_grad()
@@ -240,6 +257,7 @@ class _Run:
         self.epoch = 0  # epochs completed
         self.best = {"epoch": None, "score": -float("inf"), "state": None}
         self.log = []
+        self.provenance = ""  # fgbench.provenance.run_hash of the run: in its checkpoint and model.pt
 
     def state(self, digest):
         return {
@@ -313,7 +331,7 @@ def _train(spec, data_path, out_dir, device):
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(out_dir)
     dtype = autocast_dtype(spec["train"]["precision"], device)
-    train_split, val_split, classes, labels = _splits(spec, data_path)
+    train_split, val_split, classes, labels, data_hash = _splits(spec, data_path)
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
     augment = build_augment(spec["train"]["augment"], spec["image_size"], (spec.get("normalize") or [None])[0])
@@ -328,7 +346,9 @@ def _train(spec, data_path, out_dir, device):
         method = distributed.sync_batchnorm(method, device)
     # bf16 keeps fp32's exponent range: only fp16 needs the gradient scaler
     run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
-    digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
+    # provenance: the spec, the prepared data and the code; a checkpoint of anything else is not resumed
+    digest, ckpt_path = run_hash(spec_hash(spec), data_hash), out_dir / CHECKPOINT
+    run.provenance = digest
     _resume(run, ckpt_path, digest, device)
     if main:
         _announce(spec, device, world)
@@ -359,7 +379,8 @@ def _train(spec, data_path, out_dir, device):
 
 
 def _splits(spec, data_path):
-    """(train split, validation split, training classes, training labels) of the setting.
+    """(train split, validation split, training classes, training labels, data hash) of the
+    setting.
 
     A label-free method (STML, MoCo) keeps its last epoch, so nothing is selected on the
     validation images: they join its training set, as in those releases (all training images)."""
@@ -373,7 +394,7 @@ def _splits(spec, data_path):
     classes, labels = training_labels(spec, train_split)
     if spec["train"]["label_noise"]:  # training labels only; the run's seed fixes the flips
         labels = torch.from_numpy(symmetric_label_noise(labels.numpy(), spec["train"]["label_noise"], spec["seed"]))
-    return train_split, val_split, classes, labels
+    return train_split, val_split, classes, labels, data.data_hash
 
 
 def _announce(spec, device, world) -> None:
@@ -384,18 +405,42 @@ def _announce(spec, device, world) -> None:
               f"{batch // world} samples each of every global batch of {batch}", flush=True)
 
 
+def _say(message: str) -> None:
+    if distributed.is_main():
+        print(message, flush=True)
+
+
+def _set_aside(ckpt_path, why: str) -> None:
+    """Rename a checkpoint that cannot be resumed out of the way (kept for inspection; never a
+    run blocked by a file the user must find and delete)."""
+    aside = ckpt_path.with_name(ckpt_path.name + ".unreadable")
+    _say(f"{ckpt_path} is unreadable ({why}); set aside as {aside.name}, training starts over from epoch 0")
+    distributed.barrier()  # every rank has tried to read it before rank 0 renames it
+    if distributed.is_main():
+        ckpt_path.replace(aside)
+
+
+CHECKPOINT_KEYS = {"spec_hash", "epoch", "model", "optimizer", "scaler", "best", "log"}
+
+
 def _resume(run, ckpt_path, digest, device) -> None:
-    """Every rank loads the checkpoint (rank 0 wrote it); a checkpoint of another config is ignored."""
+    """Every rank loads the checkpoint (rank 0 wrote it). A checkpoint of another train spec,
+    prepared data or code version is not resumed, and an unreadable one is set aside: both start
+    over from epoch 0, saying so."""
     if not ckpt_path.exists():
         return
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    except Exception as e:  # truncated zip, unpickling errors, ...
+        return _set_aside(ckpt_path, f"{type(e).__name__}: {e}")
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        return _set_aside(ckpt_path, "not an fgbench checkpoint")
     if ckpt["spec_hash"] != digest:
-        if distributed.is_main():
-            print(f"ignoring {ckpt_path}: it was written for another config", flush=True)
+        _say(f"not resuming {ckpt_path}: it was written for another train spec, prepared data or fgbench code "
+             f"(provenance {ckpt['spec_hash']}, this run {digest}); training starts over from epoch 0")
         return
     run.restore(ckpt)
-    if distributed.is_main():
-        print(f"resuming from {ckpt_path} after epoch {run.epoch}", flush=True)
+    _say(f"resuming from {ckpt_path} after epoch {run.epoch}")
 
 
 def _start_epoch(run, spec, epoch):
@@ -420,7 +465,7 @@ def _finish_epoch(run, spec, val_split, device, epoch, stats, started) -> None:
 def _write_outputs(run, spec, out_dir, shapes: dict) -> None:
     """model.pt (the selected weights), train_log.csv and config.yaml."""
     _save({"spec": spec, "state_dict": run.best["state"], "best_epoch": run.best["epoch"], **shapes,
-           "fgbench_version": __version__},
+           "fgbench_version": __version__, "provenance": run.provenance},
           out_dir / "model.pt")
     _write_log(run.log, out_dir / "train_log.csv")
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({**spec, "best_epoch": run.best["epoch"]}, sort_keys=False))
