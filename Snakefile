@@ -28,6 +28,7 @@ rule all:
     input:
         rules.aggregate.output,
         rules.tables.output,
+        rules.recipes.output,
         PLOTS,
         TSNE_PLOTS,
         CURVE_PLOTS,

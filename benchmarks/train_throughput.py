@@ -25,6 +25,7 @@ import yaml
 from fgbench.config import train_spec, validate
 from fgbench.data import load_prepared, prepare
 from fgbench.data.transforms import ImageDataset, build_augment
+from fgbench.distributed import wrap
 from fgbench.methods import get_method_class
 from fgbench.train.loop import _loader, _on_device, _optimizer, _Run, _train_epoch, build_model, image_shape, training_labels
 
@@ -65,7 +66,7 @@ def measure(cfg, data, name, device, repeats):
     for r in range(repeats):  # interleaved, so machine noise hits both alike
         run = fresh_run()
         started = time.perf_counter()
-        _train_epoch(run, _loader(spec, dataset, labels, torch.Generator().manual_seed(2)), device, False, 0)
+        _train_epoch(run, wrap(run.method, device), _loader(spec, dataset, labels, torch.Generator().manual_seed(2)), device, None, 0)
         loop_s.append(time.perf_counter() - started)
         run = fresh_run()
         started = time.perf_counter()

@@ -131,6 +131,22 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data, tmp_path,
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+def test_bn_groups_in_one_process_train_like_per_rank_batchnorm(data, tmp_path):
+    """train.bn_group_size 16 with a batch of 32: one process normalising two groups of 16 trains
+    like two processes of 16 images each with per-rank (not synchronised) BatchNorm, the releases'
+    per-GPU BatchNorm. The losses agree; running statistics differ by design (rank 0 keeps its
+    own, as a DataParallel release keeps GPU 0's), so weights are not compared."""
+    spec = run_spec("supervised_coarse", bn_group_size=16)
+    train(spec, data, tmp_path / "one")
+    train_ddp(spec, data, tmp_path / "two", tmp_path / "record")
+    log_one, log_two = pd.read_csv(tmp_path / "one" / "train_log.csv"), pd.read_csv(tmp_path / "two" / "train_log.csv")
+    for column in ("loss", "train_accuracy"):
+        np.testing.assert_allclose(log_two[column], log_one[column], rtol=1e-5, atol=1e-7, err_msg=column)
+    plain = run_spec("supervised_coarse")  # whole-batch statistics: a different run
+    train(plain, data, tmp_path / "plain")
+    assert not np.allclose(pd.read_csv(tmp_path / "plain" / "train_log.csv")["loss"], log_one["loss"], rtol=1e-4)
+
+
 def test_momentum_methods_keep_per_rank_batchnorm_and_share_their_queues(data, tmp_path):
     """MoCo under DDP: per-rank BatchNorm with shuffle-BN, so the runs differ from one process
     by design; the queue gets the keys of all ranks, so every rank holds the same queue without
@@ -139,7 +155,8 @@ def test_momentum_methods_keep_per_rank_batchnorm_and_share_their_queues(data, t
     spec = run_spec("moco", epochs=epochs, params={"queue_size": queue_size})
     train_ddp(spec, data, tmp_path / "two", tmp_path / "record")
     states = [torch.load(tmp_path / "record" / f"state-{r}.pt") for r in range(2)]
-    steps = len(loop.load_prepared(data).splits["train"].fine) // 32
+    splits = loop.load_prepared(data).splits
+    steps = (len(splits["train"]) + len(splits["val"])) // 32  # label-free: trains on train + val
     assert int(states[0]["queue.ptr"]) == steps * 32 % queue_size  # every global batch entered the queue
     differing = [key for key in states[0] if not torch.equal(states[0][key], states[1][key])]
     # only the BatchNorm statistics of each rank's own half batch differ (query and key encoder)
@@ -225,7 +242,7 @@ def test_nproc_and_gpus_must_agree(data, tmp_path):
 # --- CUDA: skipped without a GPU --------------------------------------------------------------
 def cuda_spec(method="supervised_coarse", **train):
     spec = run_spec(method, epochs=1, **train)
-    spec["train"].update(device="cuda", amp=True)
+    spec["train"].update(device="cuda", precision="fp16")
     return spec
 
 
@@ -275,7 +292,7 @@ def test_two_gpus_train_like_one(data, tmp_path):
     """NCCL and SyncBatchNorm on two GPUs against one GPU; cuDNN and TF32 are not bit-exact, hence
     the looser tolerance."""
     spec = cuda_spec("triplet")
-    spec["train"]["amp"] = False
+    spec["train"]["precision"] = "fp32"
     train(spec, data, tmp_path / "one")
     proc = subprocess.run([sys.executable, "-m", "fgbench.cli", "train", "--spec", json.dumps(spec), "--data", str(data),
                            "--out-dir", str(tmp_path / "two"), "--gpus", "2"], capture_output=True, text=True)

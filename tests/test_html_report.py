@@ -155,3 +155,16 @@ def test_summary_csv_is_a_table_in_its_description(report):
     table.feed(caption)
     with open(report / "results/tables/summary.csv", newline="", encoding="utf-8") as fh:
         assert table.rows == list(csv.reader(fh))  # every row, every cell as written
+
+
+@pytest.mark.workflow
+def test_recipe_card_is_a_table_in_its_description(report):
+    """The recipe card (rule recipes) is in the report, its CSV drawn in its caption; the
+    learning rate there is the config's."""
+    html = (report / "report.html").read_text(encoding="utf-8")
+    results, categories = report_json(html, "results"), report_json(html, "categories")
+    assert [path for sub in categories["Recipes"].values() for path in sub] == ["results/tables/recipes.csv"]
+    table = TableRows()
+    table.feed(results["results/tables/recipes.csv"]["caption"])
+    assert table.rows[0] == ["key", "supervised_coarse", "lsd"]
+    assert ["train.lr", "0.001", "0.001"] in table.rows and ["train.epochs", "1", "1"] in table.rows

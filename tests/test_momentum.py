@@ -1,5 +1,6 @@
 """Momentum-contrast building blocks: momentum update, queues, angular normalisation, shuffle-BN."""
 
+import copy
 import math
 import os
 import socket
@@ -162,3 +163,95 @@ def test_shuffle_helpers_under_ddp(tmp_path):
     assert not torch.equal(r[0]["gathered"], everything)  # a real permutation (8! orders; seed 0)
     for rank in range(2):
         assert torch.equal(r[rank]["back"], 2 * r[rank]["x"])
+
+
+# --- BatchNorm in groups (train.bn_group_size): one GPU's BatchNorm of the releases, emulated ---
+# MoCo, ANCOR and SCGM-A train on 4 GPUs with 64 images each (facebookresearch/moco main_moco.py:
+# batch 256 over the GPUs; guybuk/ANCOR and nijingchao/SCGM the same), so every BatchNorm sees 64.
+
+
+def _grouped(layer, size):
+    from fgbench.distributed import group_batchnorm
+
+    return group_batchnorm(layer, size)
+
+
+@pytest.mark.parametrize("layer, shape", [(nn.BatchNorm2d(3), (256, 3, 5, 5)), (nn.BatchNorm1d(4), (256, 4))])
+def test_grouped_batchnorm_equals_each_group_alone(layer, shape):
+    torch.manual_seed(0)
+    nn.init.uniform_(layer.weight, 0.5, 2.0)
+    nn.init.uniform_(layer.bias, -1.0, 1.0)
+    x = torch.randn(shape) * torch.linspace(1, 3, shape[0]).view(-1, *[1] * (len(shape) - 1)) + 2
+    alone = [copy.deepcopy(layer).train() for _ in range(4)]
+    expected = torch.cat([bn(part) for bn, part in zip(alone, x.split(64))])
+    grouped = _grouped(copy.deepcopy(layer), 64).train()
+    torch.testing.assert_close(grouped(x), expected)
+    # running statistics: one step with the groups' mean of means and of unbiased variances,
+    # what averaging the four GPUs' running statistics gives
+    torch.testing.assert_close(grouped.running_mean, torch.stack([bn.running_mean for bn in alone]).mean(0))
+    torch.testing.assert_close(grouped.running_var, torch.stack([bn.running_var for bn in alone]).mean(0))
+    assert grouped.num_batches_tracked.item() == 1
+    grouped.eval()  # eval mode: plain BatchNorm with the running statistics
+    plain = copy.deepcopy(layer).eval()
+    plain.load_state_dict(grouped.state_dict())
+    torch.testing.assert_close(grouped(x), plain(x))
+
+
+def test_grouped_batchnorm_is_plain_batchnorm_up_to_the_group_size():
+    """A batch no larger than a group (the CPU default config's 112 under a group of 128, say) is
+    normalised exactly as before: same output, same running statistics."""
+    torch.manual_seed(1)
+    x = torch.randn(64, 3, 4, 4)
+    plain, grouped = nn.BatchNorm2d(3), _grouped(nn.BatchNorm2d(3), 64)
+    assert torch.equal(grouped(x), plain(x)) and torch.equal(grouped.running_var, plain.running_var)
+    assert torch.equal(grouped.state_dict()["running_mean"], plain.state_dict()["running_mean"])
+
+
+def test_uneven_batch_is_cut_into_near_equal_groups():
+    torch.manual_seed(2)
+    x = torch.randn(130, 2)
+    out = _grouped(nn.BatchNorm1d(2, affine=False), 64)(x)
+    for part in (out[:44], out[44:87], out[87:]):  # ceil(130/64) = 3 groups: 44, 43, 43
+        torch.testing.assert_close(part.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(part.var(0, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+
+
+def test_keys_are_shuffled_across_groups_in_one_process():
+    """With grouped BatchNorm, MoCo's key batch is permuted before the key encoder and restored
+    after it (each group normalises a random mix, as each GPU does); without groups no random draw."""
+    from fgbench.distributed import splits_batch
+
+    encoder = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    assert not splits_batch(encoder, 256)
+    _grouped(encoder, 64)
+    assert splits_batch(encoder, 256) and not splits_batch(encoder, 64) and not splits_batch(encoder.eval(), 256)
+    torch.manual_seed(3)
+    x = torch.randn(256, 3)
+    shuffled, idx = batch_shuffle(x, grouped=True)
+    assert not torch.equal(shuffled, x) and torch.equal(shuffled[idx], x)
+    assert torch.equal(batch_unshuffle(2 * shuffled, idx), 2 * x)
+
+
+def test_moco_keys_with_grouped_batchnorm():
+    """The loop's conversion on a whole method: the key encoder's groups see a random mix of the
+    key batch (the permutation drawn from the global RNG), and the keys come back in batch order;
+    a training step runs."""
+    from fgbench.distributed import group_batchnorm
+    from fgbench.methods import build_method
+    from fgbench.models import get_backbone
+
+    torch.manual_seed(4)
+    method = group_batchnorm(build_method("moco", get_backbone("small_cnn"), num_classes=1, num_samples=32, epochs=1,
+                                          params={"queue_size": 64}), 8).train()
+    x = torch.rand(32, 1, 28, 28)
+    key_encoder = nn.Sequential(method.key_backbone, method.key_projector)
+    torch.manual_seed(5)
+    keys = method.keys(x)
+    torch.manual_seed(5)
+    perm = torch.randperm(32)
+    with torch.no_grad():
+        torch.testing.assert_close(keys, key_encoder(x[perm])[torch.argsort(perm)])
+        assert not torch.allclose(keys, key_encoder(x), atol=1e-3)  # unshuffled groups differ
+    loss, _ = method.training_step({"images": torch.rand(32, 1, 28, 28), "view2": x, "labels": torch.zeros(32, dtype=torch.long)})
+    loss.backward()
+    assert torch.isfinite(loss)

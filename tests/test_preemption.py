@@ -97,9 +97,9 @@ def _train_and_die(spec, data, out, point):
         epoch_to_die, steps = where
         train_epoch = loop._train_epoch
 
-        def dying_epoch(run, step_module, loader, device, use_amp, epoch):
+        def dying_epoch(run, step_module, loader, device, dtype, epoch):
             loader = _DieAfter(loader, steps) if epoch == epoch_to_die else loader
-            return train_epoch(run, step_module, loader, device, use_amp, epoch)
+            return train_epoch(run, step_module, loader, device, dtype, epoch)
 
         loop._train_epoch = dying_epoch
     elif kind == "saved":

@@ -113,3 +113,18 @@ def test_label_noise_touches_the_training_labels_only(data, tmp_path, monkeypatc
     assert np.array_equal(labels, noisy[index])  # each image carries its noisy label
     assert len(index) == len(clean) // 112 * 112
     assert torch.equal(seen["val"], original_labels(spec, loop.load_prepared(data).splits["val"].with_classes([0, 1, 2, 3, 4]))[1])
+
+
+def test_bn_group_size_changes_training_only_above_the_group_size(data, tmp_path):
+    """train.bn_group_size: a group no smaller than the batch (112) trains exactly as without it
+    (the CPU default run stays the same); groups of 16 change the weights, and model.pt still
+    loads into plain BatchNorm."""
+    from fgbench.train.loop import load_model
+
+    for name, group in (("plain", None), ("one_group", 112), ("groups", 16)):
+        train(run_spec(epochs=1, **({"bn_group_size": group} if group else {})), data, tmp_path / name)
+    plain, same, grouped = (weights(tmp_path / n / "model.pt") for n in ("plain", "one_group", "groups"))
+    assert all(torch.equal(plain[k], same[k]) for k in plain)
+    assert not torch.equal(plain["backbone.features.1.running_mean"], grouped["backbone.features.1.running_mean"])
+    method, _ = load_model(tmp_path / "groups" / "model.pt")
+    assert type(method.backbone.features[1]) is torch.nn.BatchNorm2d

@@ -111,6 +111,47 @@ def test_sampler_gradients(d, kappa):
         assert k.grad.item() == pytest.approx(1 / kappa**2 - 1 / math.sinh(kappa) ** 2, rel=0.05)
 
 
+def test_sampler_kappa_gradient_at_one():
+    """d = 3 switches formulas at kappa = 1; the branch is selected with torch.where, so kappa = 1
+    itself gets the gradient A_3'(1) = 1 - 1/sinh(1)^2 = 0.276 (a clamp would give 0)."""
+    torch.manual_seed(5)
+    k = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    mu = unit(3, 7)
+    (sample_vmf(mu[None], k, 200_000)[:, 0] @ mu).mean().backward()
+    assert k.grad.item() == pytest.approx(1 - 1 / math.sinh(1.0) ** 2, rel=0.03)
+
+
+def test_release_compat_sampler_reproduces_the_release_bias():
+    """google-research/vmf_embeddings, third_party/s_vae_pytorch/distributions.py
+    (``__sample_w_rej``): b = (d-1)/(4 kappa) for every kappa >= 11 (a blend over 10-11). For
+    d = 128, kappa = 50 its draws have mean <mu, x> about 0.22; the exact sampler gives
+    A_128(50) = 0.345. Below kappa = 10 both are the same sampler."""
+    from fgbench.methods.vmf import wood_b
+
+    mu, n = unit(128, 8), 20_000
+    kappa = torch.tensor([50.0], dtype=torch.float64)
+    means = {}
+    for compat in (False, True):
+        torch.manual_seed(6)
+        means[compat] = (sample_vmf(mu[None], kappa, n, release_compat=compat)[:, 0] @ mu).mean().item()
+    assert means[False] == pytest.approx(exact_ratio(50.0, 128), abs=0.003) and means[False] == pytest.approx(0.345, abs=0.003)
+    assert means[True] == pytest.approx(0.221, abs=0.003)
+    k = torch.tensor([5.0, 10.0, 10.5, 11.0, 50.0], dtype=torch.float64)
+    exact, taylor = wood_b(k, 128), 127 / (4 * k)
+    torch.testing.assert_close(wood_b(k, 128, release_compat=True),
+                               torch.stack([exact[0], exact[1], (exact[2] + taylor[2]) / 2, taylor[3], taylor[4]]))
+    torch.testing.assert_close(exact, (-2 * k + torch.sqrt(4 * k**2 + 127**2)) / 127)  # s-vae's b_true
+    zero = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)  # a zero class weight
+    wood_b(zero, 128, release_compat=True).backward()
+    assert torch.isfinite(zero.grad).all()
+
+
+def test_vmf_release_compat_param():
+    assert make("vmf", embedding_dim=16, release_compat=True).release_compat is True
+    with pytest.raises(ConfigError, match="release_compat"):
+        make("vmf", embedding_dim=16, release_compat="yes")
+
+
 # --- Bessel approximations -----------------------------------------------------------------
 
 
@@ -242,6 +283,24 @@ def test_z_kappa_mult_initialisation():
     fresh.train().on_epoch_start(0, lambda: iter(image_batches(2)))
     assert fresh.z_kappa_mult.item() == method.z_kappa_mult.item()
     assert "z_kappa_mult" in method.state_dict()
+
+
+def test_head_and_classifier_init_follow_the_release():
+    """google-research/vmf_embeddings: archs/n_digit_mnist_arch.py applies Xavier-uniform to every
+    Linear (remap and classifier) of the MNIST network; third_party/dml_cross_entropy/resnet.py
+    leaves the remap and the (non-vMF) classifier at torch's default init (uniform, bound
+    1/sqrt(fan_in)), remap bias zero. The bounds below tell the two apart."""
+    small = make("softmax", num_classes=10, embedding_dim=3)
+    assert small.head.weight.abs().max() > 1 / math.sqrt(120) + 0.02  # Xavier bound sqrt(6/123) = 0.22
+    assert small.head.weight.abs().max() <= math.sqrt(6 / 123)
+    assert small.classifier.weight.abs().max() <= math.sqrt(6 / 13)
+    torch.manual_seed(0)
+    resnet = build_method("softmax", get_backbone("resnet18"), num_classes=10, num_samples=32, epochs=1,
+                          params={"embedding_dim": 128})
+    assert resnet.head.weight.abs().max() <= 1 / math.sqrt(512)  # Xavier would reach sqrt(6/640) = 0.097
+    assert resnet.head.weight.abs().max() > 0.9 / math.sqrt(512)
+    assert resnet.classifier.weight.abs().max() <= 1 / math.sqrt(128)
+    assert torch.count_nonzero(resnet.head.bias) == 0 and torch.count_nonzero(small.head.bias) == 0
 
 
 # --- the deterministic baselines -----------------------------------------------------------

@@ -66,9 +66,10 @@ def test_dry_run_job_counts_for_default_config(tmp_path):
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
     # 1 dataset; 15 runs (6 coarse-to-fine, 5 open-set, 4 closed-set) x 5 protocols, plus
     # closed-set accuracy for the 4 closed-set runs; 3 combinations x 4 few-shot protocols; a
-    # t-SNE plot per coarse-to-fine run; a training-curves plot per run; a plot per protocol.
+    # t-SNE plot per coarse-to-fine run; a training-curves plot per run; a plot per protocol;
+    # the recipe card.
     assert counts == {"aggregate": 1, "all": 1, "combine": 12, "curves": 15, "embed": 15, "evaluate": 79,
-                      "plot": 6, "prepare": 1, "tables": 1, "train": 15, "tsne": 6, "total": 152}
+                      "plot": 6, "prepare": 1, "recipes": 1, "tables": 1, "train": 15, "tsne": 6, "total": 153}
     seeds = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0, 1, 2]}
     write_config(tmp_path, seeds)
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
@@ -76,6 +77,20 @@ def test_dry_run_job_counts_for_default_config(tmp_path):
 
 
 @pytest.mark.workflow
+def test_each_run_is_retrieved_with_its_method_metric(tmp_path):
+    """The evaluate job's spec carries the run's method metric (STML's release scores its raw f
+    with Euclidean distance); other methods keep cosine."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["benchmark"] = {"fashion_mnist": {"open_set": ["triplet", "stml"]}}
+    cfg["methods"]["stml"]["metric"] = "euclidean"
+    cfg["protocols"] = {"retrieval": {}}
+    cfg.pop("combinations")
+    proc = snakemake(write_config(tmp_path, cfg), "-n", "-p", "--forceall")
+    commands = [line for line in proc.stdout.splitlines() if "fgbench evaluate" in line]
+    metric = {m: next(c for c in commands if f'"method": "{m}"' in c) for m in ("triplet", "stml")}
+    assert '"metric": "euclidean"' in metric["stml"] and '"metric": "cosine"' in metric["triplet"]
+
+
 def test_tiny_run_of_the_whole_dag(real_fashion, tmp_path):
     write_config(tmp_path, tiny_config(real_fashion))
     snakemake(tmp_path)

@@ -14,6 +14,7 @@ import yaml
 
 from fgbench.config import merge_dataset_overrides
 from fgbench.errors import FgbenchError
+from fgbench.report.ledger import load_ledger
 
 EXPERIMENT_DIR = Path(workflow.basedir) / "experiments"
 KNOWN = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
@@ -47,8 +48,39 @@ for experiment in EXPERIMENTS:
 
 report: "report/workflow.rst"
 
+# The reproduction ledger (workflow/ledger.yaml, beside experiments/ so it is not loaded as
+# one): every published number beside the value of the run that targets it, from the summaries
+# of the chosen experiments; entries of the others say "not run".
+LEDGER = Path(workflow.basedir) / "ledger.yaml"
+try:
+    LEDGER_EXPERIMENTS = sorted({row["experiment"] for row in load_ledger(LEDGER)} & set(EXPERIMENTS))
+except FgbenchError as e:
+    sys.exit(f"fgbench: config error: {e}")
+
+
+rule ledger:
+    localrule: True
+    input:
+        ledger=LEDGER,
+        summaries=[f"results/{name}/tables/summary.csv" for name in LEDGER_EXPERIMENTS],
+    output:
+        csv=report("results/tables/ledger.csv", caption="report/ledger.rst", category="Reproduction ledger"),
+        markdown=report("results/tables/ledger.md", caption="report/ledger.rst", category="Reproduction ledger"),
+    params:
+        summaries=" ".join(f"{name}=results/{name}/tables/summary.csv" for name in LEDGER_EXPERIMENTS),
+    log:
+        "results/logs/ledger.log",
+    benchmark:
+        "results/benchmarks/ledger.tsv"
+    conda:
+        "../envs/fgbench.yaml"
+    shell:
+        "fgbench ledger --ledger {input.ledger} --summary {params.summaries} --csv {output.csv} "
+        "--markdown {output.markdown} > {log} 2>&1"
+
 
 rule all:
     default_target: True
     input:
         [getattr(rules, f"{name}_all").input for name in EXPERIMENTS],
+        rules.ledger.output,

@@ -1,4 +1,6 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves``: what the Snakemake rules call.
+"""``fgbench prepare|train|embed|evaluate|combine|aggregate|tables|report|tsne|curves|ledger|recipes``: what rules call.
+
+``fgbench results-doc`` (by hand, after a default run) renders docs/results.md's tables.
 
 Each stage takes its job's spec as JSON (``--spec``, cut from the resolved config by
 ``fgbench.config``) plus paths. A bad input ends with one line, ``fgbench: error: ...``, exit
@@ -191,6 +193,61 @@ def cmd_curves(args):
     plot_curves(args.log, args.out, config_path=args.config, name=args.name)
 
 
+def _named_paths(pairs) -> dict:
+    """``NAME=PATH`` arguments as {name: path}."""
+    named = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if len(named) != len(pairs):
+        raise FgbenchError(f"--summary takes EXPERIMENT=PATH pairs (e.g. coarse_to_fine_breeds=results/"
+                           f"coarse_to_fine_breeds/tables/summary.csv), got {' '.join(pairs)}")
+    return named
+
+
+def cmd_ledger(args):
+    from .report.ledger import ledger_table, load_ledger, read_summaries, write_ledger
+
+    ensure_writable(args.csv)
+    table = ledger_table(load_ledger(args.ledger), read_summaries(_named_paths(args.summary)))
+    write_ledger(table, args.csv, args.markdown)
+
+
+def _load_config(args) -> tuple[dict, str]:
+    """The raw config of --configfile (YAML) or --config (JSON) and the card's name."""
+    import yaml
+
+    if args.config is not None:
+        return _spec(args.config), args.name
+    try:
+        return yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8")), args.name or Path(args.configfile).stem
+    except (OSError, yaml.YAMLError) as e:
+        raise FgbenchError(f"cannot read the config {args.configfile}: {e}") from e
+
+
+def cmd_recipes(args):
+    from .config import validate
+    from .report.recipes import format_recipe_markdown, recipe_card, write_recipes
+
+    raw, name = _load_config(args)
+    card = recipe_card(validate(raw))
+    if args.csv or args.markdown:
+        if not (args.csv and args.markdown):
+            raise FgbenchError("give both --csv and --markdown, or neither (the card is then printed)")
+        ensure_writable(args.csv)
+        write_recipes(card, args.csv, args.markdown, name)
+    else:
+        print(format_recipe_markdown(card, name), end="")
+
+
+def cmd_results_doc(args):
+    from .report.results_doc import update_doc
+
+    changed = update_doc(args.summary, args.doc, check=args.check)
+    if args.check and changed:
+        raise FgbenchError(f"the tables in {args.doc} differ from those of {args.summary}; regenerate them with "
+                           f"fgbench results-doc --summary {args.summary} --doc {args.doc}")
+    print(f"{args.doc}: tables {'up to date' if not changed else 'checked' if args.check else 'rewritten'} "
+          f"from {args.summary}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fgbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,6 +330,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="", help="what the title calls the run")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_curves)
+
+    s = sub.add_parser("ledger", help="the reproduction ledger beside the runs' summaries -> ledger.csv and ledger.md")
+    s.add_argument("--ledger", required=True, help="the ledger file (workflow/ledger.yaml)")
+    s.add_argument("--summary", nargs="*", default=[], metavar="EXPERIMENT=PATH",
+                   help="each run experiment's summary.csv; entries of other experiments are 'not run'")
+    s.add_argument("--csv", required=True)
+    s.add_argument("--markdown", required=True)
+    s.set_defaults(func=cmd_ledger)
+
+    s = sub.add_parser("recipes", help="an experiment's recipe card (resolved hyperparameters per method)")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--configfile", help="a config file, e.g. workflow/experiments/vmf_mnist.yaml")
+    source.add_argument("--config", help="the config as JSON (what the rule passes)")
+    s.add_argument("--name", default="", help="the card's title (default: the config file's name)")
+    s.add_argument("--csv", help="write the card here (with --markdown) instead of printing it")
+    s.add_argument("--markdown")
+    s.set_defaults(func=cmd_recipes)
+
+    s = sub.add_parser("results-doc", help="rewrite the result tables of docs/results.md from a summary.csv")
+    s.add_argument("--summary", required=True, help="e.g. docs/default-run/summary.csv")
+    s.add_argument("--doc", required=True, help="e.g. docs/results.md (tables go between its markers)")
+    s.add_argument("--check", action="store_true", help="write nothing; fail when the tables differ")
+    s.set_defaults(func=cmd_results_doc)
 
     s = sub.add_parser("tsne", help="two-panel t-SNE plot (coarse | fine labels) of one embeddings file")
     s.add_argument("--embeddings", required=True)

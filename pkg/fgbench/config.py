@@ -18,18 +18,25 @@ from .evaluate.protocols import CLASSIFIERS, PROTOCOLS
 TRAIN_DEFAULTS = {
     "epochs": 10,
     "batch_size": 128,
-    "optimizer": "adam",  # adam | sgd
+    "optimizer": "adam",  # adam | adamw | adamp (STML) | sgd; adamw and adamp decay decoupled from the gradient
     "lr": 1e-3,
     "weight_decay": 0.0,
     "momentum": 0.9,  # sgd only
-    "nesterov": False,  # sgd only
+    "nesterov": False,  # sgd and adamp
     "sampler": "random",  # random | class_random (RevDML: classes x samples_per_class)
     "samples_per_class": 2,
+    # class_random: true draws classes and images with replacement (RevDML); false draws distinct
+    # classes and distinct images per batch (vMF's EpisodicBatchSampler)
+    "replacement": True,
+    "drop_last": True,  # random sampler: drop the last partial batch (SCGM keeps it: false)
     "augment": None,  # a name in fgbench.data.transforms.AUGMENTS; None: the dataset's default
     "label_noise": 0.0,  # symmetric noise on the training labels (LSD's noisy-label runs), seeded by the run's seed
     "schedule": "constant",  # constant | cosine (restarted `cycles` times: ANCOR/SCGM use 10)
     "cycles": 1,
-    "amp": True,  # mixed precision, used on CUDA only
+    "precision": "fp32",  # fp32 (every release) | bf16 (autocast, no gradient scaler) | fp16 (autocast and scaler; CUDA only)
+    # BatchNorm statistics over groups of this many images of a batch, as on one GPU of the
+    # releases (MoCo/ANCOR/SCGM: 64 per GPU); None: over the whole batch (of each process)
+    "bn_group_size": None,
     "num_workers": 0,
     "device": "auto",  # auto (CUDA when present) | cpu | cuda
 }
@@ -53,7 +60,13 @@ DATASET_DEFAULTS = {
 }
 # embed_layer: a layer name or a list of them (the first selects the model on validation);
 # None: the method's default layer.
-METHOD_DEFAULTS = {"params": {}, "train": {}, "embed_layer": None}
+# metric: the retrieval distance of the method's embeddings (validation and the retrieval
+# protocol): cosine, or euclidean on the raw embedding (STML's f, the unnormalised softmax);
+# None: the retrieval protocol's metric (cosine).
+METHOD_DEFAULTS = {"params": {}, "train": {}, "embed_layer": None, "metric": None}
+OPTIMIZERS = ("adam", "adamw", "adamp", "sgd")
+PRECISIONS = ("fp32", "bf16", "fp16")
+RETRIEVAL_METRICS = ("cosine", "euclidean")
 EMBED_DEFAULTS = {"views": 5, "batch_size": 1024, "view_seed": 0}
 # Scheduling resources per rule (top-level 'resources', and per dataset): Snakemake's portable
 # names, which the SLURM executor maps to sbatch options (--gpus, --mem, -t, --cpus-per-task).
@@ -106,13 +119,17 @@ def _check_train(train: dict, key: str):
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{key}'; valid keys: {', '.join(TRAIN_DEFAULTS)}")
     for name in ("epochs", "batch_size", "samples_per_class", "cycles"):
         _positive_int(train[name], f"{key}.{name}")
+    if train["bn_group_size"] is not None:
+        _positive_int(train["bn_group_size"], f"{key}.bn_group_size")
     if not isinstance(train["label_noise"], (int, float)) or not 0 <= train["label_noise"] < 1:
         raise ConfigError(f"config key '{key}.label_noise' must be in [0, 1), got {train['label_noise']!r}")
     if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
         raise ConfigError(f"config key '{key}.lr' must be a positive number, got {train['lr']!r}")
-    _one_of(train["optimizer"], ("adam", "sgd"), f"{key}.optimizer")
-    _one_of(train["nesterov"], (False, True), f"{key}.nesterov")
+    _one_of(train["optimizer"], OPTIMIZERS, f"{key}.optimizer")
+    for flag in ("nesterov", "replacement", "drop_last"):
+        _one_of(train[flag], (False, True), f"{key}.{flag}")
     _one_of(train["sampler"], ("random", "class_random"), f"{key}.sampler")
+    _one_of(train["precision"], PRECISIONS, f"{key}.precision")
     if train["augment"] is not None:
         _one_of(train["augment"], _augment_names(), f"{key}.augment")
     _one_of(train["schedule"], ("constant", "cosine"), f"{key}.schedule")
@@ -157,7 +174,7 @@ def _check_protocol(name: str, proto: dict, views: int):
     else:
         for k in proto["recall_k"]:
             _positive_int(k, f"{key}.recall_k")
-        _one_of(proto["metric"], ("cosine", "euclidean"), f"{key}.metric")
+        _one_of(proto["metric"], RETRIEVAL_METRICS, f"{key}.metric")
 
 
 def _check_benchmark(cfg: dict):
@@ -195,6 +212,8 @@ def _resolve_methods(cfg: dict, methods: dict) -> dict:
     for name, m in resolved.items():
         cls = get_method_class(name)
         m["embed_layer"] = _layers(name, m["embed_layer"], cls)
+        if m["metric"] is not None:
+            _one_of(m["metric"], RETRIEVAL_METRICS, f"methods.{name}.metric")
         _check_params(name, m["params"], cls)
     for dataset, ds in cfg["datasets"].items():  # every merged train section, before any job runs
         _check_train(_merge(cfg["train"], ds["train"]), f"datasets.{dataset}.train")
@@ -346,6 +365,7 @@ def train_spec(cfg: dict, dataset: str, setting: str, method: str, seed: int) ->
         "normalize": module.NORMALIZE,
         "eval_transform": ds["eval_transform"],
         "train": train,
+        "metric": retrieval_metric(cfg, method),
         "seed": seed,
     }
 
@@ -354,8 +374,19 @@ def embed_spec(cfg: dict, dataset: str) -> dict:
     return {**cfg["embed"], "view_augment": cfg["datasets"][dataset]["view_augment"]}
 
 
-def protocol_spec(cfg: dict, protocol: str) -> dict:
-    return {"name": protocol, **cfg["protocols"][protocol]}
+def retrieval_metric(cfg: dict, method: str) -> str:
+    """The distance ``method``'s embeddings are retrieved with: its own ``metric``, else the
+    retrieval protocol's (cosine)."""
+    own = cfg["methods"][method]["metric"]
+    return own if own is not None else cfg["protocols"].get("retrieval", PROTOCOLS["retrieval"])["metric"]
+
+
+def protocol_spec(cfg: dict, protocol: str, method: str | None = None) -> dict:
+    """One protocol's parameters; for ``method``, retrieval takes the method's metric."""
+    spec = {"name": protocol, **cfg["protocols"][protocol]}
+    if method is not None and spec["kind"] == "retrieval":
+        spec["metric"] = retrieval_metric(cfg, method)
+    return spec
 
 
 def spec_hash(spec: dict) -> str:

@@ -14,7 +14,12 @@ How N processes equal one process with the same global batch (``train.batch_size
   price: reading and augmenting the batch is not divided among the ranks;
 - BatchNorm becomes SyncBatchNorm (``sync_batchnorm``: statistics of the global batch), except
   in the momentum-contrast methods, which keep per-rank BN and MoCo's shuffle-BN
-  (``Method.shuffle_bn``);
+  (``Method.shuffle_bn``), and under ``train.bn_group_size``;
+- ``train.bn_group_size`` g emulates the releases' per-GPU BatchNorm in any number of processes
+  (``group_batchnorm``): each process splits its batch into groups of g, each normalised by its
+  own statistics, so one process with batch B equals B/g GPUs of g images; the momentum methods'
+  key batch is shuffled across the groups first (``models.momentum.batch_shuffle``), as MoCo's
+  shuffle-BN does across GPUs;
 - a loss that couples the samples of a batch sees the global batch (``global_batch``); per-sample
   losses need nothing, DDP's gradient average is exact for them;
 - passes over the whole training set (SCGM's E-step, vMF's initialisation, STML's neighbour
@@ -35,6 +40,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
@@ -208,15 +214,61 @@ class CpuSyncBatchNorm(_BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach() * n / (n - 1).clamp(min=1))
+            _update_running_stats(self, mean.detach(), var.detach() * n / (n - 1).clamp(min=1))
         return y
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean, unbiased_var):
-        self.num_batches_tracked.add_(1)
-        factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
-        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased_var, alpha=factor)
+
+@torch.no_grad()
+def _update_running_stats(layer: _BatchNorm, mean, unbiased_var) -> None:
+    """BatchNorm's running-statistics step with a batch mean and unbiased variance."""
+    layer.num_batches_tracked.add_(1)
+    factor = layer.momentum if layer.momentum is not None else 1.0 / layer.num_batches_tracked.item()
+    layer.running_mean.mul_(1 - factor).add_(mean.to(layer.running_mean.dtype), alpha=factor)
+    layer.running_var.mul_(1 - factor).add_(unbiased_var.to(layer.running_var.dtype), alpha=factor)
+
+
+def group_batchnorm(module: nn.Module, group_size: int) -> nn.Module:
+    """Every BatchNorm layer of ``module`` becomes a ``GroupBatchNorm`` of ``group_size`` in place
+    (same parameters and buffers, so checkpoints and model.pt are unchanged)."""
+    for layer in module.modules():
+        if isinstance(layer, _BatchNorm):
+            layer.__class__ = GroupBatchNorm
+            layer.group_size = group_size
+    return module
+
+
+def splits_batch(module: nn.Module, batch: int) -> bool:
+    """Whether a training batch of ``batch`` images is split into BatchNorm groups in ``module``."""
+    return any(isinstance(m, GroupBatchNorm) and m.training and batch > m.group_size for m in module.modules())
+
+
+class GroupBatchNorm(_BatchNorm):
+    """BatchNorm over groups of ``group_size`` consecutive samples, as if each group were one GPU's
+    batch (MoCo's single-GPU ``SplitBatchNorm``; its groups are strided, these contiguous, like
+    the rank slices of ``share``). A batch of B > g samples is cut into ceil(B / g) groups of
+    near-equal size (exactly g when g divides B); each is normalised with its own statistics; the
+    running statistics take one step with the groups' mean of means and mean of unbiased
+    variances (what averaging per-GPU running statistics gives). A batch of at most g, and eval
+    mode, are plain BatchNorm."""
+
+    group_size = 64
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.group_size:
+            return super().forward(x)
+        groups = x.tensor_split(-(-x.shape[0] // self.group_size))
+        y = torch.cat([F.batch_norm(g, None, None, self.weight, self.bias, True, 0.0, self.eps) for g in groups])
+        if self.track_running_stats:
+            dims = [0, *range(2, x.dim())]
+            with torch.no_grad():
+                means = torch.stack([g.float().mean(dims) for g in groups]).mean(0)
+                variances = torch.stack([g.float().var(dims, unbiased=True) for g in groups]).mean(0)
+            _update_running_stats(self, means, variances)
+        return y
 
 
 # --- batches and collectives ------------------------------------------------------------------

@@ -98,7 +98,8 @@ def embed_spec(wildcards):
 
 
 def protocol_spec(wildcards):
-    return json.dumps(fgconfig.protocol_spec(CFG, wildcards.protocol))
+    """The protocol's parameters for this run's method (retrieval uses the method's metric)."""
+    return json.dumps(fgconfig.protocol_spec(CFG, wildcards.protocol, wildcards.method))
 
 
 def run_info(wildcards):

@@ -133,3 +133,29 @@ rule curves:
     shell:
         "fgbench curves --log {input.log_csv} --config {input.config} --name {params.name:q} "
         "--out {output.png} > {log} 2>&1"
+
+
+# The recipe card: every method's resolved hyperparameters (fgbench.report.recipes), rendered
+# from this config, so it reruns when the config changes (params are a rerun trigger). Under
+# workflow/paper.smk, results/<experiment>/tables/: the experiment names the card.
+rule recipes:
+    localrule: True
+    output:
+        csv=report(
+            "results/tables/recipes.csv",
+            caption="../report/recipes.rst",
+            category="Recipes",
+        ),
+        markdown="results/tables/recipes.md",
+    params:
+        config=json.dumps(config),
+        name=lambda wildcards, output: "/".join(Path(output.csv).parts[1:-2]),
+    log:
+        "results/logs/recipes.log",
+    benchmark:
+        "results/benchmarks/recipes.tsv"
+    conda:
+        "../../envs/fgbench.yaml"
+    shell:
+        "fgbench recipes --config {params.config:q} --name={params.name:q} --csv {output.csv} "
+        "--markdown {output.markdown} > {log} 2>&1"

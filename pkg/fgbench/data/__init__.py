@@ -49,7 +49,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
 from . import cars, cifar10, cifar100, cub, fashion_mnist, imagenet, mnist, sop, tiered
-from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, write_npy
+from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, join_images, write_npy
 
 __all__ = [
     "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "split_defaults", "prepare", "load_prepared",
@@ -99,6 +99,11 @@ class Split:
         # A memmap indexed by an array would be read into memory: keep the subset on disk.
         images = MappedRows(self.images) if isinstance(self.images, np.memmap) else self.images
         return Split(images[keep], self.fine[keep], self.coarse[keep], self.index[keep])
+
+    def join(self, other):
+        """This split's images followed by ``other``'s (e.g. train + val)."""
+        fields = (np.concatenate([getattr(self, k), getattr(other, k)]) for k in FIELDS)
+        return Split(join_images(self.images, other.images), *fields)
 
     def with_classes(self, classes):
         """Only the images whose fine class is in ``classes`` (all when None)."""

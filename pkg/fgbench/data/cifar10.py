@@ -30,9 +30,8 @@ FINE_TO_COARSE = np.arange(10)
 SETTINGS = {"closed_set": {"train_label": "fine", "train_classes": None, "test_classes": None}}
 IMAGE_SIZE = 32
 NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))  # vMF (dml-methods.md 3.4)
-# vMF trains with RandomCrop(32, padding 4, reflect) + flip (+ an 8x8 occlusion); pad_crop_flip is
-# the closest augmentation fgbench has (padding 32 // 10 = 3, zero fill, no occlusion).
-TRANSFORMS = {"train": "reflect_crop_flip", "view": "flip", "eval": "none"}  # vMF: crop with reflect padding 4, flip
+# vMF trains with RandomCrop(32, padding 4, reflect), flip and an 8x8 occlusion (datasets/cifar10_dataset.py).
+TRANSFORMS = {"train": "reflect_crop_flip_occlude", "view": "flip", "eval": "none"}
 VAL_FRACTION = 0.15  # vMF
 
 FOLDER = "cifar-10-batches-py"

@@ -145,6 +145,48 @@ class MappedRows:
         return f"MappedRows({len(self)} of {len(self.base)} images {self.base.shape[1:]})"
 
 
+class JoinedImages:
+    """The images of several containers one after the other, read lazily: ``joined[i]`` reads
+    one image from the container that holds it; ``joined[index_or_mask]`` is another
+    JoinedImages. Memmaps are kept on disk (as :class:`MappedRows`)."""
+
+    def __init__(self, parts, index=None):
+        self.parts = [MappedRows(p) if isinstance(p, np.memmap) else p for p in parts]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.index = np.arange(self.starts[-1]) if index is None else np.asarray(index, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.index)
+
+    @property
+    def shape(self):
+        return (len(self), *self.parts[0].shape[1:])
+
+    def __getitem__(self, key):
+        if _is_subset_key(key):
+            return JoinedImages(self.parts, self.index[_subset_index(len(self), key)])
+        pos = int(self.index[operator.index(key)])
+        part = int(np.searchsorted(self.starts, pos, side="right")) - 1
+        return self.parts[part][pos - int(self.starts[part])]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self):
+        return f"JoinedImages({len(self)} images of {len(self.parts)} parts)"
+
+
+def join_images(first, second):
+    """The images of ``first`` then ``second`` (two splits of one dataset) as one container:
+    in-memory arrays concatenated, file lists joined, anything else (memmaps, encoded images)
+    as a lazy :class:`JoinedImages`."""
+    if is_in_memory(first) and is_in_memory(second):
+        return np.concatenate([first, second])
+    if isinstance(first, ImageFiles) and isinstance(second, ImageFiles) and first.root == second.root:
+        return ImageFiles(first.root, np.concatenate([first.paths, second.paths]))
+    return JoinedImages([first, second])
+
+
 def _reopen_rows(filename, dtype, shape, offset, index):
     return MappedRows(np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=tuple(shape)), index)
 

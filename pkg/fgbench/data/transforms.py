@@ -32,11 +32,13 @@ class RandomResizedCropFlip(torch.nn.Module):
     parameters, for one image (C, H, W) or a whole batch (B, C, H, W) at once.
 
     The crop box is drawn exactly as torchvision draws it (10 tries of area fraction and
-    log-uniform aspect ratio, else the centre crop clamped to ``ratio``); all crops are then
-    resampled in one ``grid_sample`` (bilinear). Applied per image, torchvision costs about
-    60 us per 28x28 image, which dominated two-view training on Fashion-MNIST. Difference: no
-    antialiasing, which only matters where a crop side is longer than the output (the
-    aspect-ratio squash); crops are otherwise enlarged.
+    log-uniform aspect ratio, else the centre crop clamped to ``ratio``). Images no larger than
+    the output (28x28, 32x32: every crop is enlarged) are resampled all at once in one bilinear
+    ``grid_sample``: applied per image, torchvision costs about 60 us per 28x28 image, which
+    dominated two-view training on Fashion-MNIST. Larger images (CUB, Cars, SOP, ImageNet files),
+    whose crops are mostly shrunk, are resized crop by crop with torch's antialiased bilinear
+    interpolation, as torchvision's ``RandomResizedCrop(antialias=True)`` and PIL do: an
+    unfiltered shrink aliases fine detail, and the eval resize is antialiased.
 
     Without ``seeds`` the parameters come from the global torch RNG (training, seeded per
     epoch); with ``seeds`` (one per image) from a hash of each image's seed, so a support view
@@ -82,6 +84,24 @@ class RandomResizedCropFlip(torch.nn.Module):
         uniforms = torch.rand(b, 23) if seeds is None else seeded_uniforms(seeds, 23)
         boxes = self.boxes(uniforms, height, width)
         flip = (uniforms[:, 22] < 0.5) & self.flip
+        if max(height, width) > self.size:
+            out = self.resize_each(x, boxes, flip)
+        else:
+            out = self.resample_batch(x, boxes, flip)
+        return out[0] if single else out
+
+    def resize_each(self, x, boxes, flip):
+        """Each crop (B, C, H, W) resized with antialiasing (torchvision's resized_crop on tensors)."""
+        out = []
+        for image, (top, left, h, w), mirror in zip(x, boxes.long().tolist(), flip.tolist()):
+            crop = F.interpolate(image[None, :, top : top + h, left : left + w].float(), size=(self.size, self.size),
+                                 mode="bilinear", align_corners=False, antialias=True)
+            out.append(crop.flip(-1) if mirror else crop)
+        return torch.cat(out)
+
+    def resample_batch(self, x, boxes, flip):
+        """All crops (B, C, H, W) at once by bilinear sampling, no antialiasing (for enlargements)."""
+        b, c, height, width = x.shape
         top, left, h, w = boxes.unbind(1)
         sx, sy = torch.where(flip, -w, w) / width, h / height
         theta = torch.zeros(b, 2, 3)
@@ -89,8 +109,7 @@ class RandomResizedCropFlip(torch.nn.Module):
         theta[:, 0, 2] = (left + w / 2) / width * 2 - 1
         theta[:, 1, 2] = (top + h / 2) / height * 2 - 1
         grid = F.affine_grid(theta.to(x), (b, c, self.size, self.size), align_corners=False)
-        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return out[0] if single else out
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _moco_v2(v2, size, blur=True):
@@ -106,41 +125,94 @@ def _moco_v2(v2, size, blur=True):
     return v2.Compose([*steps, v2.RandomHorizontalFlip()])
 
 
+def _reflect_crop_flip(v2, size):
+    """vMF's CIFAR crop: RandomCrop(32, padding 4, reflect) and a horizontal flip."""
+    return v2.Compose([v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()])
+
+
+class RandomOcclusion(torch.nn.Module):
+    """vMF's CIFAR occlusion (``datasets/utils.py``, ``RandomOcclusion``): a ``size`` x ``size``
+    square at a uniformly drawn position that lies wholly inside the image (top and left in
+    0..H - size, no clipping), on every image. The release zeroes it after normalisation, so in
+    raw pixels it is filled with the dataset's mean (``fill``, per channel; None: 0)."""
+
+    def __init__(self, size: int, fill=None):
+        super().__init__()
+        self.size, self.fill = size, fill
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _, height, width = image.shape
+        left = int(torch.randint(0, width - self.size + 1, ()))
+        top = int(torch.randint(0, height - self.size + 1, ()))
+        out = image.clone()
+        fill = torch.as_tensor(0.0 if self.fill is None else self.fill, dtype=image.dtype)
+        out[:, top : top + self.size, left : left + self.size] = fill.reshape(-1, 1, 1)
+        return out
+
+
 def _resize_size(size):
     return round(size * 256 / 224)  # ImageNet's Resize(256) before a 224 crop
 
 
-# name -> builder(v2, image_size): the training augmentations, few-shot support views and eval
-# transforms. v2 is torchvision.transforms.v2, imported only when a transform is built: the config
+def _squash(v2, size):
+    """Resize to a square of 256 (for 224 crops), aspect ratio not kept: vMF's Cars and SOP."""
+    return v2.Resize((_resize_size(size),) * 2, antialias=True)
+
+
+def _vmf_retrieval(v2, size, *, squash, jitter, ratio):
+    """vMF's retrieval training (datasets/{cub200,cars196,sop}_dataset.py): resize to 256 (shorter
+    side, or squashed), colour jitter, RandomResizedCrop(224, scale 0.16-1, ``ratio``), flip."""
+    resize = _squash(v2, size) if squash else v2.Resize(_resize_size(size), antialias=True)
+    steps = [resize, v2.ColorJitter(*jitter)] if jitter else [resize]
+    return v2.Compose([*steps, v2.RandomResizedCrop(size, scale=(0.16, 1.0), ratio=ratio, antialias=True),
+                       v2.RandomHorizontalFlip()])
+
+
+# name -> builder(v2, image_size, mean): the training augmentations, few-shot support views and
+# eval transforms; mean is the dataset's per-channel mean (None: not normalised), the raw pixel
+# value that normalisation maps to 0. v2 is torchvision.transforms.v2, imported only when a transform is built: the config
 # check in the Snakemake process needs the names alone, and torchvision takes a second to import.
 AUGMENTS = {
-    "none": lambda v2, size: None,
+    "none": lambda v2, size, mean: None,
     # Mild crop and flip for 28x28 images (few-shot support views on Fashion-MNIST).
-    "crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
+    "crop_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.7, 1.0)),
     # ANCOR's CIFAR pretraining: RandomResizedCrop(scale 0.2-1) and flip only.
-    "rrc_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
+    "rrc_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.2, 1.0)),
     # RevDML's training augmentation: torchvision's default scale (0.08-1) and flip.
-    "random_resized_crop_flip": lambda v2, size: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
-    "flip": lambda v2, size: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
-    "moco_v2": _moco_v2,
-    "moco_v2_noblur": lambda v2, size: _moco_v2(v2, size, blur=False),
-    "pad_crop_flip": lambda v2, size: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
-    # vMF's CIFAR training: RandomCrop(32, padding 4, reflect) and flip (its 8x8 occlusion is not applied).
-    "reflect_crop_flip": lambda v2, size: v2.Compose([
-        v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()]),
-    "resize_center_crop": lambda v2, size: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
-    "resize_random_crop_flip": lambda v2, size: v2.Compose([
+    "random_resized_crop_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.08, 1.0)),
+    # STML's training views (its dataset/utils.py): RandomResizedCrop(scale 0.16-1) and flip.
+    "stml_crop_flip": lambda v2, size, mean: RandomResizedCropFlip(size, scale=(0.16, 1.0)),
+    "flip": lambda v2, size, mean: v2.RandomHorizontalFlip(),  # CIFAR support views (RandomCrop(32) is a no-op)
+    "moco_v2": lambda v2, size, mean: _moco_v2(v2, size),
+    "moco_v2_noblur": lambda v2, size, mean: _moco_v2(v2, size, blur=False),
+    "pad_crop_flip": lambda v2, size, mean: v2.Compose([v2.RandomCrop(size, padding=size // 10), v2.RandomHorizontalFlip()]),
+    "reflect_crop_flip": lambda v2, size, mean: _reflect_crop_flip(v2, size),
+    # vMF's CIFAR training: RandomCrop(32, padding 4, reflect), flip and an 8x8 occlusion.
+    "reflect_crop_flip_occlude": lambda v2, size, mean: v2.Compose([
+        _reflect_crop_flip(v2, size), RandomOcclusion(size // 4, fill=mean)]),
+    # vMF's retrieval runs: CUB resize 256, jitter 0.25; Cars squash, jitter 0.3 (hue 0.1), square
+    # crops; SOP squash, no jitter. Their eval: resize_center_crop (CUB), squash_center_crop.
+    "vmf_cub": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=False, jitter=(0.25, 0.25, 0.25, 0.0),
+                                                     ratio=(3 / 4, 4 / 3)),
+    "vmf_cars": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=True, jitter=(0.3, 0.3, 0.3, 0.1), ratio=(1.0, 1.0)),
+    "vmf_sop": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=True, jitter=None, ratio=(3 / 4, 4 / 3)),
+    "squash_center_crop": lambda v2, size, mean: v2.Compose([_squash(v2, size), v2.CenterCrop(size)]),
+    "squash_random_crop_flip": lambda v2, size, mean: v2.Compose([
+        _squash(v2, size), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
+    "resize_center_crop": lambda v2, size, mean: v2.Compose([v2.Resize(_resize_size(size), antialias=True), v2.CenterCrop(size)]),
+    "resize_random_crop_flip": lambda v2, size, mean: v2.Compose([
         v2.Resize(_resize_size(size), antialias=True), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
 }
 
 
-def build_augment(name: str, image_size: int):
-    """The transform ``name`` (see AUGMENTS) for square images of ``image_size``; None for none."""
+def build_augment(name: str, image_size: int, mean=None):
+    """The transform ``name`` (see AUGMENTS) for square images of ``image_size``; None for none.
+    ``mean``: the dataset's per-channel mean (``NORMALIZE[0]``), the fill of an occlusion."""
     if name not in AUGMENTS:
         raise ConfigError(f"unknown augmentation '{name}'; valid: {', '.join(AUGMENTS)}")
     from torchvision.transforms import v2
 
-    return AUGMENTS[name](v2, image_size)
+    return AUGMENTS[name](v2, image_size, mean)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..distributed import splits_batch
 from ..models.momentum import (ClassQueues, Queue, angular_normalise, batch_shuffle, batch_unshuffle,
                                concat_all_gather, momentum_update)
 from .base import Method, register_method
@@ -67,9 +68,10 @@ class MomentumEncoder(Method):
 
     @torch.no_grad()
     def keys(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw key embeddings (B, dim) of ``images``: key encoder, no gradient, shuffle-BN (an
-        identity in one process). Runs in the method's mode (train mode while training)."""
-        shuffled, idx_unshuffle = batch_shuffle(images)
+        """Raw key embeddings (B, dim) of ``images``: key encoder, no gradient, shuffle-BN (across
+        ranks; in one process across BatchNorm groups, else an identity). Runs in the method's mode
+        (train mode while training)."""
+        shuffled, idx_unshuffle = batch_shuffle(images, grouped=splits_batch(self.key_backbone, len(images)))
         return batch_unshuffle(self.key_projector(self.key_backbone(shuffled)), idx_unshuffle)
 
 

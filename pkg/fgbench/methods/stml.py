@@ -222,8 +222,8 @@ class STML(Method):
             "the teacher backbone starts as a copy of the student backbone (the code builds it "
             "from the same pretrained weights, so they agree except for from-scratch backbones, "
             "whose teacher the code initialises independently)",
-            "the optimizer is the configured one (Adam or SGD), not AdamP; the schedule is the "
-            "configured one",
+            "the optimizer and schedule are the configured ones (the paper configs: AdamP with "
+            "Nesterov, as the code)",
             "the neighbour pass uses the eval transform (resize and centre crop), the code "
             "resizes to 256 x 256 without cropping",
             "batch_size must be a multiple of nn_per_seed (the code silently drops the remainder)",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.backbones import SmallCNN
 from ..distributed import global_batch, is_main, sum_over_ranks
 from .base import Method, register_method
 
@@ -70,17 +71,39 @@ def log_vmf_normalizer_approx(kappa_sq, d: int):
 def _sample_w3(kappa):
     """w = <mu, x> for x ~ vMF(mu, kappa) on S^2, by the exact inverse CDF:
     w = 1 + log(u + (1 - u) exp(-2 kappa)) / kappa, u ~ U[0, 1). Returns 1 - w (exact near w = 1)
-    and w; differentiable in kappa. log1p form for kappa <= 1, logsumexp form above (each branch
-    sees a clamped kappa, so the unused one stays finite and so does its gradient)."""
+    and w; differentiable in kappa. log1p form for kappa <= 1, logsumexp form above. Each branch
+    sees kappa where it is selected and 1 elsewhere (``torch.where``, not a clamp, whose gradient
+    vanishes at the bound: kappa = 1 would get none), so the unused one stays finite, and so does
+    its gradient."""
     u = torch.rand(kappa.shape, device=kappa.device, dtype=kappa.dtype)
-    small, large = kappa.clamp(min=1e-30, max=1.0), kappa.clamp(min=1.0)
+    one = torch.ones_like(kappa)
+    small = torch.where(kappa <= 1.0, kappa, one).clamp(min=1e-30)
+    large = torch.where(kappa <= 1.0, one, kappa)
     log_small = torch.log1p((1 - u) * torch.expm1(-2 * small))
     log_large = torch.logaddexp(torch.log(u), torch.log1p(-u) - 2 * large)
     one_minus_w = -torch.where(kappa <= 1.0, log_small / small, log_large / large)
     return one_minus_w, 1 - one_minus_w
 
 
-def _sample_w_wood(kappa, d: int, max_rounds: int = 1000):
+def wood_b(kappa, d: int, release_compat: bool = False):
+    """Wood's b = (d-1) / (2k + sqrt(4k^2 + (d-1)^2)), the cancellation-free form of s-vae's
+    (-2k + sqrt(4k^2 + (d-1)^2)) / (d-1).
+
+    ``release_compat``: the vMF release's value (its copy of s-vae-pytorch, ``__sample_w_rej``),
+    which blends towards the Taylor value (d-1) / (4k) over 10 < kappa < 11 and uses it alone for
+    every kappa >= 11. That value is accurate only for kappa >> d: with it the sampler draws from
+    a different distribution whenever d > 3 (d = 128, kappa = 50: E<mu, x> = 0.22 instead of
+    A_d(50) = 0.345)."""
+    m1 = d - 1.0
+    b = m1 / (2 * kappa + torch.sqrt(4 * kappa**2 + m1**2))
+    if not release_compat:
+        return b
+    s = (kappa - 10).clamp(0.0, 1.0)
+    taylor = m1 / (4 * torch.where(kappa > 10, kappa, torch.full_like(kappa, 10.0)))  # finite at kappa = 0
+    return torch.where(kappa > 10, s * taylor + (1 - s) * b, b)
+
+
+def _sample_w_wood(kappa, d: int, max_rounds: int = 1000, release_compat: bool = False):
     """w = <mu, x> for x ~ vMF(mu, kappa) on S^{d-1}, d != 3, by Wood's rejection sampler
     (Wood 1994; the form of Davidson et al. 2018, Algorithm 1):
 
@@ -91,15 +114,15 @@ def _sample_w_wood(kappa, d: int, max_rounds: int = 1000):
     The accepted e are drawn without gradient (float64); w is then a differentiable function of
     kappa with e fixed: s-vae's reparameterisation gradient (its correction term is dropped, as
     in s-vae-pytorch and the vMF code, so the kappa gradient is biased: d/dk E<mu, x> comes out
-    20% low for d = 4, k = 2; 7% for d = 10, k = 5; 0.5% for d = 128, k = 50). ``b`` is the cancellation-free form of s-vae's
-    (-2k + sqrt(4k^2 + (d-1)^2)) / (d-1), so no Taylor switch for 10 < kappa < 11 is needed.
-    Returns (1 - w, w)."""
+    20% low for d = 4, k = 2; 7% for d = 10, k = 5; 0.5% for d = 128, k = 50). ``b`` is exact for
+    every kappa (``wood_b``), so no Taylor value is needed.
+    ``release_compat``: the release's b (see ``wood_b``). Returns (1 - w, w)."""
     m1 = d - 1.0
     flat = kappa.reshape(-1)
     with torch.no_grad():
         k = flat.detach().double()
         root = torch.sqrt(4 * k**2 + m1**2)
-        b = m1 / (2 * k + root)
+        b = wood_b(k, d, release_compat)
         a = (m1 + 2 * k + root) / 4
         c = 4 * a * b / (1 + b) - m1 * math.log(m1)
         e = torch.full_like(k, float("nan"))  # non-finite kappa: w = NaN, a NaN loss the loop reports
@@ -119,7 +142,7 @@ def _sample_w_wood(kappa, d: int, max_rounds: int = 1000):
         if pending.numel():
             raise RuntimeError(f"vMF rejection sampling: {pending.numel()} draws still rejected after {max_rounds} rounds")
     e = e.to(flat.dtype)
-    b = m1 / (2 * flat + torch.sqrt(4 * flat**2 + m1**2))  # with gradient
+    b = wood_b(flat, d, release_compat)  # with gradient
     one_minus_w = 2 * b * e / (1 - (1 - b) * e)
     return one_minus_w.view(kappa.shape), (1 - one_minus_w).view(kappa.shape)
 
@@ -136,16 +159,17 @@ def _rotate_from_e1(x, mu):
     return sign * reflected
 
 
-def sample_vmf(mu, kappa, n_samples: int):
+def sample_vmf(mu, kappa, n_samples: int, release_compat: bool = False):
     """``n_samples`` reparameterised draws from vMF(mu, kappa): (n_samples, *batch, d) unit
     vectors for mu (*batch, d) of unit rows and kappa (*batch, 1) or (*batch,). Gradients flow
-    to mu and kappa. Uses the global torch RNG (seed it, or fork it, for reproducible draws)."""
+    to mu and kappa. Uses the global torch RNG (seed it, or fork it, for reproducible draws).
+    ``release_compat``: the vMF release's biased b for d != 3 (``wood_b``)."""
     d = mu.shape[-1]
     if d < 2:
         raise ValueError("vMF sampling needs d >= 2")
     kappa = kappa.reshape(mu.shape[:-1])
     kappa = kappa.expand(n_samples, *kappa.shape)
-    one_minus_w, w = _sample_w3(kappa) if d == 3 else _sample_w_wood(kappa, d)
+    one_minus_w, w = _sample_w3(kappa) if d == 3 else _sample_w_wood(kappa, d, release_compat=release_compat)
     v = F.normalize(torch.randn(*kappa.shape, d - 1, device=mu.device, dtype=mu.dtype), dim=-1)
     radius = torch.sqrt((one_minus_w * (2 - one_minus_w)).clamp(min=1e-10)).unsqueeze(-1)
     x = torch.cat([w.unsqueeze(-1), radius * v], dim=-1)
@@ -216,8 +240,9 @@ def _float32(device_type):
 
 class SoftmaxFamily(Method):
     """Backbone -> ``head`` (the paper's ``remap``: Linear to ``embedding_dim``, zero bias) ->
-    class weights ``classifier`` (Linear(embedding_dim, C, bias=False)); Xavier-uniform linear
-    weights (``NDigitMNISTArch``). Subclasses define ``logits(z)`` (deterministic predictions)
+    class weights ``classifier`` (Linear(embedding_dim, C, bias=False)). Initialised as the
+    release: Xavier-uniform weights on ``small_cnn`` (``NDigitMNISTArch``), torch's default Linear
+    init on other backbones (its ResNet); zero head bias on both. Subclasses define ``logits(z)`` (deterministic predictions)
     and ``loss(z, labels)``. With ``learns_temp``, a learned temperature ``temp``: the logit
     scale is beta = 1 / exp(temp)."""
 
@@ -231,9 +256,10 @@ class SoftmaxFamily(Method):
         super().__init__(backbone)
         self.head = nn.Linear(backbone.out_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes, bias=False)
-        nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        nn.init.xavier_uniform_(self.classifier.weight)
+        if any(isinstance(m, SmallCNN) for m in backbone.modules()):  # NDigitMNISTArch: Xavier everywhere
+            nn.init.xavier_uniform_(self.head.weight)
+            nn.init.xavier_uniform_(self.classifier.weight)
         self.embedding_dim, self.temp_lr = embedding_dim, temp_lr
         if self.learns_temp:
             self.temp = nn.Parameter(torch.tensor(float(init_temp)))
@@ -407,24 +433,29 @@ class VMFSoftmax(SoftmaxFamily):
     Args:
         num_classes: C. embedding_dim: d, 128. n_samples: 10. kappa_confidence: c, 0.4 (0.7 for
         the paper's retrieval runs). init_temp: 0. temp_lr: 1e-3. predict_seed: 1234 (the
-        paper's seed).
+        paper's seed). release_compat: false (exact sampler); true: the release's Taylor value of
+        Wood's b for kappa >= 11, biased for d > 3 (``wood_b``).
     """
 
     learns_temp = True
     meta = {"paper": PAPER, "code": CODE, "deviations": [
         "logsumexp over classes where the code takes log(sum(exp(.)))",
-        "Wood's b in its cancellation-free form (d-1) / (2k + sqrt(4k^2 + (d-1)^2)) instead of s-vae's "
-        "Taylor switch for 10 < kappa < 11; the rotation e1 -> mu uses the better-conditioned of two "
-        "Householder reflections instead of adding 1e-5 to |e1 - mu|",
+        "Wood's b exact for every kappa, in its cancellation-free form (d-1) / (2k + sqrt(4k^2 + (d-1)^2)); "
+        "the release takes the Taylor value (d-1) / (4k) for every kappa >= 11 (blended over 10-11), which "
+        "draws from a different distribution for d > 3 (release_compat: true reproduces it)",
+        "the rotation e1 -> mu uses the better-conditioned of two Householder reflections instead of adding 1e-5 to |e1 - mu|",
         "the class weights get no weight decay on every backbone (the code's name filter misses the "
         "MNIST network's classifier; its MNIST runs use weight decay 0)",
         "probs are reproducible: each embed call draws from the RNG seeded with predict_seed"]}
 
     def __init__(self, backbone, *, num_classes: int, embedding_dim: int = 128, n_samples: int = 10,
                  kappa_confidence: float = 0.4, init_temp: float = 0.0, temp_lr: float = 1e-3,
-                 predict_seed: int = 1234):
+                 predict_seed: int = 1234, release_compat: bool = False):
         super().__init__(backbone, num_classes=num_classes, embedding_dim=embedding_dim, init_temp=init_temp,
                          temp_lr=temp_lr)
+        if release_compat not in (False, True):
+            raise ConfigError(f"methods.vmf.params.release_compat must be true or false, got {release_compat!r}")
+        self.release_compat = release_compat
         if not 0 < kappa_confidence < 1:
             raise ConfigError(f"methods.vmf.params.kappa_confidence must be in (0, 1), got {kappa_confidence}")
         if embedding_dim < 2:
@@ -464,17 +495,17 @@ class VMFSoftmax(SoftmaxFamily):
 
     def loss(self, z, labels):
         kappa = z.norm(dim=1, keepdim=True)
-        z_samples = sample_vmf(z / kappa.clamp(min=1e-12), kappa, self.n_samples)
+        z_samples = sample_vmf(z / kappa.clamp(min=1e-12), kappa, self.n_samples, self.release_compat)
         return vmf_loss_from_samples(z, z_samples, self.classifier.weight.float(), labels, self.beta)
 
     def logits(self, z):
         """One Monte-Carlo set of logits (B, n_samples, C): <z~_s, w~_{s,c}> / exp(temp)."""
         n, (b, d) = self.n_samples, z.shape
         kappa = z.norm(dim=1, keepdim=True)
-        z_samples = sample_vmf(z / kappa.clamp(min=1e-12), kappa, n)  # (S, B, d)
+        z_samples = sample_vmf(z / kappa.clamp(min=1e-12), kappa, n, self.release_compat)  # (S, B, d)
         w = self.classifier.weight.float()
         kappa_w = w.norm(dim=1, keepdim=True)
-        w_samples = sample_vmf(w / kappa_w.clamp(min=1e-12), kappa_w, b * n).view(b, n, -1, d)  # (B, S, C, d)
+        w_samples = sample_vmf(w / kappa_w.clamp(min=1e-12), kappa_w, b * n, self.release_compat).view(b, n, -1, d)  # (B, S, C, d)
         return torch.einsum("sbd,bscd->bsc", z_samples, w_samples) * self.beta
 
     def probs(self, z):

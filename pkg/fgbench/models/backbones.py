@@ -48,25 +48,36 @@ class TorchvisionBackbone(nn.Module):
     architecture (ImageNet weights on an offline machine); the classifier's entries are ignored,
     every other entry must match. ``frozen_bn`` keeps every BatchNorm in eval mode (running
     statistics frozen, affine parameters still trained), as RevDML's ``_frozen`` architectures.
+
+    From scratch: torchvision's init (Kaiming-normal convolutions, fan-out, also for a replaced
+    stem); ``zero_init_residual`` zeroes the last BatchNorm weight of every residual block, as the
+    vMF paper's CIFAR ResNet-50 does (``third_party/dml_cross_entropy/resnet.py``).
     """
 
     def __init__(self, arch: str, *, weights=None, weights_file=None, frozen_bn: bool = False, in_channels: int = 3,
-                 first_conv_3x3: bool = False):
+                 first_conv_3x3: bool = False, zero_init_residual: bool = False):
         super().__init__()
         import torchvision  # here, not at the top: the config check imports this module too
 
-        extra = {"aux_logits": False, "init_weights": weights is None} if arch == "googlenet" else {}
-        net = torchvision.models.get_model(arch, weights=weights, **extra)
         if (in_channels != 3 or first_conv_3x3) and arch == "googlenet":
             raise ConfigError("backbone 'googlenet' takes RGB images and keeps its first convolution")
+        if zero_init_residual and arch == "googlenet":
+            raise ConfigError("backbone 'googlenet' has no residual blocks: drop zero_init_residual")
+        options = _googlenet_options(weights, weights_file) if arch == "googlenet" else {
+            "zero_init_residual": zero_init_residual}
+        net = torchvision.models.get_model(arch, weights=weights, **options)
         if first_conv_3x3:  # the vMF paper's CIFAR ResNet-50: 3x3 stride-1 stem (its max-pool stays)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if first_conv_3x3 or in_channels != 3:  # the init torchvision gives the stem it replaces
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.out_dim = net.fc.in_features
         net.fc = nn.Identity()
+        if arch == "googlenet":
+            net.dropout = nn.Identity()  # it sits between the pooled features and the classifier
         if weights_file is not None:
-            load_weights(net, weights_file)
+            load_weights(net, weights_file, ignore=("fc.", "aux1.", "aux2.") if arch == "googlenet" else ("fc.",))
         self.net, self.frozen_bn = net, frozen_bn
 
     def train(self, mode: bool = True):
@@ -81,14 +92,26 @@ class TorchvisionBackbone(nn.Module):
         return self.net(x)
 
 
-def load_weights(net: nn.Module, path) -> None:
-    """Load a state dict file into ``net`` (classifier entries ``fc.*`` ignored), strictly
-    otherwise; a missing file or a mismatch stops with a message naming the file."""
+def _googlenet_options(weights, weights_file) -> dict:
+    """GoogLeNet's build options. With ``weights`` torchvision itself builds the auxiliary heads
+    (its checkpoint has them), loads, drops them and sets ``transform_input`` (its ImageNet
+    weights expect inputs rescaled from ImageNet normalisation to [-1, 1]); it refuses an
+    explicit ``aux_logits=False``. A ``weights_file`` (a saved torchvision checkpoint) gets the same
+    network: no auxiliary heads (their entries are skipped), ``transform_input`` on."""
+    if weights is not None:
+        return {}
+    return {"aux_logits": False, "init_weights": weights_file is None, "transform_input": weights_file is not None}
+
+
+def load_weights(net: nn.Module, path, ignore=("fc.",)) -> None:
+    """Load a state dict file into ``net`` (entries starting with a prefix in ``ignore``, the
+    classifier's, skipped), strictly otherwise; a missing file or a mismatch stops with a message
+    naming the file."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as e:
         raise ConfigError(f"backbone weights_file {path} cannot be read ({e}); set backbone.weights_file to a saved state dict") from e
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore))}
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes differ

@@ -6,7 +6,8 @@ Queues are ``nn.Module`` s whose contents and write pointers are buffers, so a m
 
 The distributed helpers follow MoCo's official code (``moco/builder.py``): without an initialised
 process group they are exact identities and draw no random numbers (shuffling the batch inside one
-process does not change its BatchNorm statistics).
+process does not change its BatchNorm statistics), unless BatchNorm works in groups
+(``train.bn_group_size``), when the batch is shuffled across the groups.
 """
 
 import torch
@@ -109,11 +110,17 @@ def angular_normalise(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batch_shuffle(x: torch.Tensor):
+def batch_shuffle(x: torch.Tensor, grouped: bool = False):
     """MoCo's shuffle-BN, step 1: gather the batch of all ranks, permute it with a permutation
     drawn on rank 0 and broadcast, and give each rank its slice. Returns ``(x_shuffled,
-    idx_unshuffle)``; without DDP, ``(x, arange(B))`` and no random draw."""
+    idx_unshuffle)``. Without DDP: with ``grouped`` (the key encoder's BatchNorm splits the batch
+    into groups, ``train.bn_group_size``) the batch is permuted in this process, so each group
+    normalises a random mix of keys, as each GPU does in MoCo; otherwise ``(x, arange(B))`` and no
+    random draw."""
     if not active():
+        if grouped:
+            idx_shuffle = torch.randperm(x.shape[0], device=x.device)
+            return x[idx_shuffle], torch.argsort(idx_shuffle)
         return x, torch.arange(x.shape[0], device=x.device)
     gathered = concat_all_gather(x)
     ranks = gathered.shape[0] // x.shape[0]
@@ -126,9 +133,9 @@ def batch_shuffle(x: torch.Tensor):
 @torch.no_grad()
 def batch_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
     """MoCo's shuffle-BN, step 2: gather the outputs of all ranks and give each rank back the
-    rows of its own original samples; ``x`` itself without DDP."""
+    rows of its own original samples; without DDP, ``x`` in its original order."""
     if not active():
-        return x
+        return x[idx_unshuffle]
     gathered = concat_all_gather(x)
     ranks = gathered.shape[0] // x.shape[0]
     return gathered[idx_unshuffle.view(ranks, -1)[dist.get_rank()]]

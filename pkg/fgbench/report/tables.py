@@ -19,7 +19,7 @@ import pandas as pd
 from fgbench.io import atomic_write_text
 from fgbench.report.aggregate import EPISODE_MARK, format_cell
 
-__all__ = ["TABLES", "coarse_to_fine_tables", "format_markdown_tables", "paper_tables", "write_paper_tables"]
+__all__ = ["TABLES", "coarse_to_fine_tables", "format_markdown_tables", "markdown_rows", "paper_tables", "write_paper_tables"]
 
 MISSING = "—"
 
@@ -108,13 +108,15 @@ def format_markdown_tables(tables: dict, kind: str) -> str:
     if not tables:
         parts += [f"No run of this benchmark has a {' or '.join(spec.settings)} setting with these metrics.", ""]
     for dataset, table in tables.items():
-        headers = list(table.columns)
-        labels = 3 if spec.setting_column else 2
-        parts += [f"## {dataset}", "", "| " + " | ".join(headers) + " |",
-                  "|" + "---|" * labels + "---:|" * (len(headers) - labels)]
-        parts += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
-        parts.append("")
+        parts += [f"## {dataset}", "", *markdown_rows(table, labels=3 if spec.setting_column else 2), ""]
     return "\n".join(parts)
+
+
+def markdown_rows(table: pd.DataFrame, labels: int) -> list:
+    """The lines of one Markdown table: ``labels`` left-aligned label columns, then numbers."""
+    headers = list(table.columns)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * labels + "---:|" * (len(headers) - labels)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
 
 
 def write_paper_tables(summary: pd.DataFrame, folder: str | os.PathLike) -> None:

@@ -11,6 +11,7 @@ Under torchrun (``distributed``) every rank runs this loop on its slice of each 
 rank 0 alone validates, prints and writes files, and every rank resumes from the checkpoint.
 """
 
+import contextlib
 import csv
 import io
 import math
@@ -38,6 +39,8 @@ from ..models import Normalize, get_backbone
 from .. import distributed
 
 CHECKPOINT = "checkpoint.pt"
+# train.precision -> autocast dtype (None: plain fp32, no autocast)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(name: str) -> torch.device:
@@ -118,10 +121,20 @@ def _loader(spec, dataset, labels, generator, whole_set=False, batches=None):
     ``whole_set`` every sample exactly once (epoch hooks: SCGM's E-step, vMF's init)."""
     t = spec["train"]
     if batches is None and t["sampler"] == "class_random" and not whole_set:
-        batches = ClassRandomBatchSampler(labels, batch_size=t["batch_size"], samples_per_class=t["samples_per_class"], generator=generator)
+        batches = ClassRandomBatchSampler(labels, batch_size=t["batch_size"], samples_per_class=t["samples_per_class"],
+                                          generator=generator, replacement=t["replacement"])
     elif batches is None:
-        batches = BatchSampler(RandomSampler(dataset, generator=generator), t["batch_size"], drop_last=not whole_set)
+        drop_last = not whole_set and _drops_last(t, len(dataset))
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), t["batch_size"], drop_last=drop_last)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t["num_workers"])
+
+
+def _drops_last(train: dict, n: int) -> bool:
+    """Whether a training epoch drops its last partial batch: ``train.drop_last``, or a remainder
+    training cannot use (one image, which BatchNorm cannot normalise; under torchrun, one that
+    does not split evenly over the processes)."""
+    rest = n % train["batch_size"]
+    return train["drop_last"] or rest == 1 or rest % distributed.world_size() != 0
 
 
 def _plain_batches(spec, images, labels):
@@ -169,8 +182,26 @@ def _optimizer(spec, method):
     if t["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"], nesterov=t["nesterov"], weight_decay=t["weight_decay"])
     for group in groups:
-        group.pop("momentum", None)  # Adam has no momentum setting
-    return torch.optim.Adam(groups, lr=t["lr"], weight_decay=t["weight_decay"])
+        group.pop("momentum", None)  # the Adam family has no momentum setting
+    if t["optimizer"] == "adamp":  # STML's optimizer (its main.py: AdamP(..., nesterov=True))
+        from adamp import AdamP
+
+        return AdamP(groups, lr=t["lr"], weight_decay=t["weight_decay"], nesterov=t["nesterov"])
+    adam = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
+    return adam(groups, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    """The autocast dtype of ``train.precision`` on ``device``; None for fp32, and for fp16 off
+    CUDA (fp16 autocast with a gradient scaler is a CUDA recipe; there it runs in fp32)."""
+    if precision == "fp16" and device.type != "cuda":
+        return None
+    return AUTOCAST_DTYPES[precision]
+
+
+def _autocast(device: torch.device, dtype):
+    """Autocast to ``dtype``; None: no autocast at all (the plain fp32 path)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _set_learning_rate(optimizer, lr: float) -> None:
@@ -224,15 +255,16 @@ class _Run:
         self.epoch, self.best, self.log = ckpt["epoch"], ckpt["best"], ckpt["log"]
 
 
-def _train_epoch(run, step_module, loader, device, use_amp, epoch):
+def _train_epoch(run, step_module, loader, device, dtype, epoch):
     """One pass over ``loader``; ``step_module(batch)`` is the method's training step (in DDP
-    under torchrun). Returns the epoch's mean loss and logs, averaged over the ranks."""
+    under torchrun), autocast to ``dtype`` (None: fp32). Returns the epoch's mean loss and logs,
+    averaged over the ranks."""
     step_module.train()
     totals, steps = {}, 0
     batches = _on_device(_shares(loader), device)
     progress = tqdm(batches, total=len(loader), desc=f"epoch {epoch}", mininterval=10, leave=False, disable=not distributed.is_main())
     for step, batch in enumerate(progress):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with _autocast(device, dtype):
             loss, logs = step_module(batch)
         # the mean over the ranks: the global batch's loss (for per-sample means over equal
         # slices), and the same verdict on every rank, so that all of them stop together
@@ -261,7 +293,7 @@ def _validation_score(method, spec, val, device):
     layer = spec["embed_layers"][0]
     transform = build_augment(spec["eval_transform"], spec["image_size"])
     feats = embed_images(method, val.images, [layer], device, transform=transform, num_workers=spec["train"]["num_workers"])[layer]
-    _, neighbours = nearest_neighbours(feats, 1)
+    _, neighbours = nearest_neighbours(feats, 1, metric=spec["metric"])
     return recall_at_k(labels.numpy(), neighbours, ks=(1,))[1]
 
 
@@ -280,18 +312,22 @@ def _train(spec, data_path, out_dir, device):
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(out_dir)
-    use_amp = spec["train"]["amp"] and device.type == "cuda"
+    dtype = autocast_dtype(spec["train"]["precision"], device)
     train_split, val_split, classes, labels = _splits(spec, data_path)
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
-    augment = build_augment(spec["train"]["augment"], spec["image_size"])
+    augment = build_augment(spec["train"]["augment"], spec["image_size"], (spec.get("normalize") or [None])[0])
     dataset = ImageDataset(train_split.images, labels, augment, views=views)
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
-    if world > 1 and not method.shuffle_bn:
+    group_size = spec["train"]["bn_group_size"]
+    if group_size:  # the releases' per-GPU BatchNorm, in this process too
+        method = distributed.group_batchnorm(method, group_size)
+    elif world > 1 and not method.shuffle_bn:
         method = distributed.sync_batchnorm(method, device)
-    run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=use_amp))
+    # bf16 keeps fp32's exponent range: only fp16 needs the gradient scaler
+    run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
     digest, ckpt_path = spec_hash(spec), out_dir / CHECKPOINT
     _resume(run, ckpt_path, digest, device)
     if main:
@@ -311,7 +347,7 @@ def _train(spec, data_path, out_dir, device):
 
         run.method.on_epoch_start(epoch, batches)
         own = run.method.batch_sampler(spec["train"]["batch_size"], generator)
-        stats = _train_epoch(run, step_module, _loader(spec, dataset, labels, generator, batches=own), device, use_amp, epoch)
+        stats = _train_epoch(run, step_module, _loader(spec, dataset, labels, generator, batches=own), device, dtype, epoch)
         run.epoch = epoch + 1
         if main:
             _finish_epoch(run, spec, val_split, device, epoch, stats, started)
@@ -323,10 +359,16 @@ def _train(spec, data_path, out_dir, device):
 
 
 def _splits(spec, data_path):
-    """(train split, validation split, training classes, training labels) of the setting."""
+    """(train split, validation split, training classes, training labels) of the setting.
+
+    A label-free method (STML, MoCo) keeps its last epoch, so nothing is selected on the
+    validation images: they join its training set, as in those releases (all training images)."""
     data = load_prepared(data_path)
     setting = spec["setting_def"]
-    train_split = data.splits["train"].with_classes(setting["train_classes"])
+    train_split = data.splits["train"]
+    if get_method_class(spec["method"]).labels == "none":
+        train_split = train_split.join(data.splits["val"])
+    train_split = train_split.with_classes(setting["train_classes"])
     val_split = data.splits["val"].with_classes(setting["train_classes"])
     classes, labels = training_labels(spec, train_split)
     if spec["train"]["label_noise"]:  # training labels only; the run's seed fixes the flips
