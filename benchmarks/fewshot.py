@@ -4,7 +4,13 @@ Builds synthetic but realistic features (class means plus image noise plus
 augmentation noise, L2-normalised), draws the same episodes for both solvers,
 and reports time, speed-up, prediction agreement and mean accuracy.
 
-    .venv/bin/python benchmarks/fewshot.py
+    .venv/bin/python benchmarks/fewshot.py                 # Fashion-MNIST-sized, 128-d
+    .venv/bin/python benchmarks/fewshot.py --shapes paper  # the papers' shapes (see PAPER_SHAPES)
+
+``--shapes paper`` runs each shape of PAPER_SHAPES on a few episodes: per-episode time of
+``fit_predict_logreg`` and of one ``LogisticRegression(C=1)`` fit per episode, interleaved in
+this process, their ratio, the fraction of identical query predictions, the accuracy difference
+and the solver's peak memory (CPU: peak RSS growth over the features; CUDA: peak allocated).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
+
+from peak_memory import peak_memory
 
 from fgbench.evaluate.fewshot import (
     episode_arrays,
@@ -87,8 +95,72 @@ def run(label, features, aug, fine, n_way, args):
     print(f"  fewshot_accuracy(): {100 * full['accuracy']:.2f} +- {100 * full['ci95']:.2f} %")
 
 
+# name: (classes, dim, n_way, n_shot, class_sep); 15 queries and 5 augmented views per class. The
+# class separation gives accuracies of roughly 50-90 %, like real embeddings (an easy task
+# would make prediction agreement trivial).
+PAPER_SHAPES = {
+    "5-way 2048-d (ResNet-50)": (100, 2048, 5, 1, 0.2),
+    "5-way 5-shot 2048-d": (100, 2048, 5, 5, 0.2),
+    "all-way living17 (68 classes) 2048-d": (68, 2048, "all", 1, 0.28),
+    "all-way CIFAR-100 (100 classes) 640-d (ResNet-12)": (100, 640, "all", 1, 0.45),
+    "all-way tieredImageNet test (160 classes) 640-d": (160, 640, "all", 1, 0.45),
+    "all-way entity30 (240 classes) 2048-d": (240, 2048, "all", 1, 0.3),
+}
+
+
+def paper_shape(label, shape, args):
+    """Time both solvers on a few episodes of one shape, alternating episode batches."""
+    classes, dim, n_way, n_shot, sep = shape
+    features, aug, fine = make_features(classes, n_shot + args.n_query + 5, dim, args.n_aug, sep,
+                                        args.aug_noise, args.seed)
+    episodes = args.paper_episodes if n_way == "all" else 50 * args.paper_episodes
+    draws = [sample_episode(i, fine, n_way=n_way, n_shot=n_shot, n_query=args.n_query) for i in range(episodes)]
+    Xs, ys, Xq, yq = episode_arrays(features, aug, draws, args.n_aug)
+    fit_predict_logreg(Xs[:1], ys[:1], Xq[:1], device=args.device)  # warm up both solvers
+    sklearn_predict(Xs[:1], ys[:1], Xq[:1])
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with peak_memory() as rss:
+        t0 = time.perf_counter()
+        pred = fit_predict_logreg(Xs, ys, Xq, device=args.device)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        t_ours = (time.perf_counter() - t0) / episodes
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else rss["mib"]
+    m = max(1, episodes // args.sklearn_fraction)
+    t0 = time.perf_counter()
+    pred_sk = sklearn_predict(Xs[:m], ys[:m], Xq[:m])
+    t_sk = (time.perf_counter() - t0) / m
+    agree = (pred[:m] == pred_sk).mean()
+    acc, acc_sk = (pred[:m] == yq[:m]).mean(), (pred_sk == yq[:m]).mean()
+    print(f"| {label} | {Xs.shape[1]} x {dim} | {m}/{episodes} | {1000 * t_sk:.1f} | {1000 * t_ours:.1f} | "
+          f"{t_sk / t_ours:.1f}x | {100 * agree:.2f}% | {100 * acc_sk:.2f} / {100 * acc:.2f} "
+          f"({100 * (acc - acc_sk):+.2f}) | {peak:.0f} MiB |", flush=True)
+
+
+def paper(args):
+    print(f"threads: {args.threads}, device: {args.device}; {args.n_aug} augmented views per support image, "
+          f"{args.n_query} queries per class")
+    print("| shape | supports x D | episodes (sklearn/fgbench) | sklearn ms/episode | fgbench ms/episode "
+          "| ratio | identical predictions | accuracy sklearn / fgbench (diff) | solver peak memory |")
+    print("|---|---|---|---:|---:|---:|---:|---|---:|")
+    for label, shape in PAPER_SHAPES.items():
+        if args.only and args.only not in label:
+            continue
+        paper_shape(label, shape, args)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", choices=("fmnist", "paper"), default="fmnist",
+                   help="fmnist: the --classes/--dim problem below; paper: the papers' shapes (few episodes each)")
+    p.add_argument("--paper-episodes", type=int, default=4,
+                   help="with --shapes paper: all-way episodes per shape (5-way shapes run 50 times as many)")
+    p.add_argument("--only", default="", help="with --shapes paper: only shapes whose name contains this")
+    p.add_argument("--sklearn-fraction", type=int, default=1,
+                   help="with --shapes paper: time scikit-learn on 1/N of the episodes")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=1000)
     p.add_argument("--dim", type=int, default=128)
@@ -107,6 +179,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
+    if args.shapes == "paper":
+        return paper(args)
 
     features, aug, fine = make_features(args.classes, args.per_class, args.dim, args.n_aug,
                                         args.class_sep, args.aug_noise, args.seed)

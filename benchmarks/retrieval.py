@@ -8,6 +8,12 @@ compared directly.
 
     python benchmarks/retrieval.py                      # 60,000 x 128
     python benchmarks/retrieval.py --per-class 2000     # smaller
+    python benchmarks/retrieval.py --shape cub          # CUB-sized: 5,924 x 512, 100 classes
+    python benchmarks/retrieval.py --shape sop          # SOP-sized: 60,502 x 512, 11,316 classes of 2-12
+
+With ``--shape cub|sop`` it also times fgbench on the dataset's own protocol (SOP: Recall@1, 10,
+100, 1000; CUB: Recall@1, 2, 4, 8; with MAP@R, R-Precision and NMI) and the floor, a bare faiss
+exact kNN search (IndexFlatIP) with the largest K, and prints each step's peak memory (RSS growth).
 """
 
 import argparse
@@ -20,7 +26,12 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKMeans, FaissKNN
 
+from peak_memory import peak_memory
+
 from fgbench.evaluate.retrieval import retrieval_metrics
+
+# name: (images, classes, smallest and largest class, dim, recall_k of the dataset's papers)
+SHAPES = {"cub": (5924, 100, 40, 79, 512, (1, 2, 4, 8)), "sop": (60502, 11316, 2, 12, 512, (1, 10, 100, 1000))}
 
 # fgbench key -> AccuracyCalculator key
 PAIRS = {
@@ -42,6 +53,58 @@ def clustered_embeddings(classes, per_class, dim, seed=0):
     return x.astype(np.float32), labels
 
 
+def shaped_embeddings(images, classes, smallest, largest, dim, seed=0):
+    """``classes`` classes of ``smallest``..``largest`` members, ``images`` in all, around random
+    centres with noise that makes Recall@1 neither 0 nor 1."""
+    rng = np.random.default_rng(seed)
+    sizes = np.full(classes, smallest)
+    extra = rng.choice(np.repeat(np.arange(classes), largest - smallest), images - sizes.sum(), replace=False)
+    sizes += np.bincount(extra, minlength=classes)
+    labels = rng.permutation(np.repeat(np.arange(classes), sizes))
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    x = centres[labels] + 3.3 * rng.normal(size=(len(labels), dim)).astype(np.float32)
+    return x, labels
+
+
+def timed(label, fn):
+    with peak_memory() as peak:
+        t = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t
+    print(f"{label}: {seconds:.1f} s, peak memory +{peak['mib'] / 1024:.2f} GiB", flush=True)
+    return out, seconds
+
+
+def shape_run(args):
+    images, classes, smallest, largest, dim, recall_k = SHAPES[args.shape]
+    x, y = shaped_embeddings(images, classes, smallest, largest, dim, args.seed)
+    print(f"data ({args.shape}-sized): {len(x)} x {dim} float32, {classes} classes of {smallest}-{largest}; "
+          f"threads: faiss {faiss.omp_get_max_threads()}, torch {torch.get_num_threads()}", flush=True)
+    x_unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    k = max(recall_k)
+    timed(f"faiss IndexFlatIP exact kNN floor, k = {k + 1}", lambda: _flat_search(x_unit, k + 1))
+    timed(f"faiss IndexFlatIP exact kNN floor, k = {largest} (AccuracyCalculator's k)",
+          lambda: _flat_search(x_unit, largest))
+    ours, t_ours = timed("fgbench, the AccuracyCalculator metrics (Recall@1, MAP@R, R-Precision, NMI)",
+                         lambda: retrieval_metrics(x, y, recall_k=(1,), nmi=True, kmeans_seed=0, kmeans_niter=20))
+    full, _ = timed(f"fgbench, the dataset's protocol (Recall@{','.join(map(str, recall_k))}, MAP@R, R-Precision, NMI)",
+                    lambda: retrieval_metrics(x, y, recall_k=recall_k, nmi=True, kmeans_seed=0, kmeans_niter=20))
+    print("  " + ", ".join(f"{key}={v:.6f}" for key, v in full.items()))
+    calc = AccuracyCalculator(include=tuple(PAIRS.values()), k="max_bin_count", device=torch.device("cpu"),
+                              knn_func=FaissKNN(index_init_fn=faiss.IndexFlatIP),
+                              kmeans_func=FaissKMeans(niter=20, seed=0))
+    theirs, t_pml = timed("pml AccuracyCalculator(k='max_bin_count', FaissKMeans(niter=20, seed=0))",
+                          lambda: calc.get_accuracy(x_unit, y))
+    print(f"time ratio AccuracyCalculator / fgbench (same metrics): {t_pml / t_ours:.2f}")
+    print("abs differences: " + ", ".join(f"{key} {abs(ours[key] - theirs[v]):.2e}" for key, v in PAIRS.items()))
+
+
+def _flat_search(x, k):
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index.search(x, k)
+
+
 def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -52,7 +115,10 @@ def main():
     ap.add_argument("--per-class", type=int, default=6000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="a dataset's shape instead of --classes/--per-class/--dim")
     args = ap.parse_args()
+    if args.shape:
+        return shape_run(args)
 
     x, y = clustered_embeddings(args.classes, args.per_class, args.dim, args.seed)
     print(f"data: {len(x)} x {x.shape[1]} float32, {args.classes} classes of {args.per_class}")

@@ -1,14 +1,18 @@
 """Tests for the few-shot protocol, the batched logistic-regression solver, and the per-layer
 evaluation of an embeddings file."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from fgbench.errors import DataError
 from fgbench.evaluate import PROTOCOLS, evaluate_protocol, layer_features, load_embeddings, metric_rows
 from fgbench.evaluate.fewshot import (
+    PREDICT_TOL,
     episode_arrays,
     fewshot_accuracy,
     fit_logreg,
@@ -80,6 +84,46 @@ def test_batched_solver_matches_sklearn_objective_and_coefs(data, n_way):
         np.testing.assert_allclose(coef[e], clf.coef_, atol=1e-5)
         b_ref = clf.intercept_ - clf.intercept_.mean()  # the intercepts' free shift
         np.testing.assert_allclose(intercept[e], b_ref, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """The all-way shape at CI size: 68 classes (living17), 16 images each, 256-d, 5 views.
+    Class separation chosen for a realistic accuracy (about 60 %)."""
+    rng = np.random.RandomState(1)
+    n_classes, dim = 68, 256
+    fine = np.repeat(np.arange(n_classes), 16)
+    plain = rng.randn(n_classes, dim)[fine] * 0.45 / np.sqrt(dim) + rng.randn(len(fine), dim) / np.sqrt(dim)
+    aug = plain[:, None] + rng.randn(len(fine), 5, dim) * 0.5 / np.sqrt(dim)
+    draws = [sample_episode(i, fine, n_way="all", n_shot=1, n_query=15) for i in range(200)]
+    return episode_arrays(_unit(plain).astype(np.float32), _unit(aug).astype(np.float32), draws, 5)
+
+
+def test_all_way_predictions_match_sklearn_over_200_episodes(wide, one_thread):
+    """The default (prediction) tolerance against one scikit-learn fit per episode: 68 ways x 5
+    views = 340 supports, 1,020 queries per episode. One thread on both sides: on a busy machine
+    two threads per small matrix product spend most of their time waiting for each other."""
+    Xs, ys, Xq, yq = wide
+    pred = fit_predict_logreg(Xs, ys, Xq)
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")  # float32 lbfgs line-search notes
+        pred_sk = np.stack([_sklearn(Xs[e], ys[e], Xq[e])[1] for e in range(len(Xs))])
+    assert (pred == pred_sk).mean() >= 0.995
+    acc, acc_sk = (pred == yq).mean(), (pred_sk == yq).mean()
+    assert 0.3 < acc < 0.9 and abs(acc - acc_sk) <= 0.001
+
+
+def test_prediction_tolerance_reaches_the_optimum(wide):
+    """At PREDICT_TOL the objective equals a tightly converged scikit-learn fit's to 1e-6
+    relative, and the predictions equal those of our own fit at 1e-10."""
+    Xs, ys, Xq, _ = (a[:4] for a in wide)
+    coef, intercept = fit_logreg(Xs, ys, tol=PREDICT_TOL)
+    for e in range(len(Xs)):
+        clf, _ = _sklearn(Xs[e].astype(np.float64), ys[e], Xq[e, :1], tol=1e-12)
+        ours = logreg_objective(Xs[e], ys[e], coef[e], intercept[e])
+        ref = logreg_objective(Xs[e], ys[e], clf.coef_, clf.intercept_)
+        assert ours == pytest.approx(ref, rel=1e-6)
+    np.testing.assert_array_equal(fit_predict_logreg(Xs, ys, Xq), fit_predict_logreg(Xs, ys, Xq, tol=1e-10))
 
 
 def test_rank_deficient_support_matches_sklearn(data):

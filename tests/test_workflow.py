@@ -228,7 +228,7 @@ def test_resources_come_from_the_config_per_rule_and_per_dataset(tmp_path):
     # a second dataset with a class hierarchy (the default protocols include intra-class ones)
     cfg["benchmark"]["cifar100"] = {"closed_set": ["softmax"]}
     cfg["resources"] = {"train": {"gpu": 1, "mem_mb": 8000, "runtime": 120, "cpus_per_task": 4, "threads": 2},
-                        "evaluate": {"mem_mb": 2000}}
+                        "evaluate": {"mem_mb": 2000, "gpu": 1}}
     cfg["datasets"]["cifar100"] = {"resources": {"train": {"mem_mb": 16000, "runtime": 30}}}
     out = snakemake(write_config(tmp_path, cfg), "-n", "--cores", "8").stdout
     train = job_resources(out, "train")
@@ -237,7 +237,8 @@ def test_resources_come_from_the_config_per_rule_and_per_dataset(tmp_path):
     cifar100 = {**common, "mem_mb": "16000", "mem": "16 GB", "mem_mib": "15259", "runtime": "30"}
     assert train.count(fashion) == 15 and train.count(cifar100) == 1
     assert all(r == {"tmpdir": "/tmp", "gpu": "0"} for r in job_resources(out, "embed"))
-    assert {r["mem_mb"] for r in job_resources(out, "evaluate")} == {"2000"}
+    assert {(r["mem_mb"], r["gpu"]) for r in job_resources(out, "evaluate")} == {("2000", "1")}
+    assert {r["gpu"] for r in job_resources(out, "combine")} == {"0"}  # combine's own key, unset
     assert "threads: 2" in out.split("rule train:")[1].split("rule ")[0]
 
 

@@ -262,25 +262,15 @@ def pairwise_f1(labels, clusters) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def retrieval_metrics(
-    features,
-    labels,
-    *,
-    recall_k=(1, 2, 4, 8),
-    metric: str = "cosine",
-    nmi: bool = True,
-    f1: bool = False,
-    kmeans_seed: int = 0,
-    kmeans_niter: int = 20,
-) -> dict[str, float]:
+def retrieval_metrics(features, labels, **options) -> dict[str, float]:
     """All retrieval metrics of MLRC on one test set (queries = gallery, self excluded).
 
     Returns ``{"recall@K": ... for K in recall_k, "map@r", "r_precision"}`` plus ``"nmi"``
     (if ``nmi``) and ``"f1"`` (pairwise F1, if ``f1``), computed from one k-means run with
-    K = number of distinct labels. See the functions used for the definitions.
+    K = number of distinct labels. ``options`` are :func:`retrieval_units`' (recall_k, metric,
+    nmi, f1, kmeans_seed, kmeans_niter). See the functions used for the definitions.
     """
-    return retrieval_units(features, labels, recall_k=recall_k, metric=metric, nmi=nmi, f1=f1,
-                           kmeans_seed=kmeans_seed, kmeans_niter=kmeans_niter)[0]
+    return retrieval_units(features, labels, **options)[0]
 
 
 #: MAP@R reads R_i from the neighbour lists when the largest class has at most this many other
