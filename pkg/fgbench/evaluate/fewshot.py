@@ -163,165 +163,159 @@ def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
-class _Problem:
-    """Objective, gradient and Hessian-vector product for E episodes.
+class _Point:
+    """A point (or direction) ``(W, b)`` in the span of the supports, ``W = A Xc``.
 
-    Layout is class-major (it makes the small batched matmuls about twice as
-    fast on CPU): labels and probabilities are ``(E, K, S)``, parameters
-    ``theta (E, K, R+1)`` with the intercept last, features ``F (E, S, R+1)``
-    with a trailing column of ones.  The objective is
-    ``0.5 ||theta[..., :R]||^2 + C * sum CE(theta F^T, Y)``.
-
-    Boehning's bound ``diag(p) - p p^T <= (I - 11^T/K) / 2`` makes
-    ``M = pen + C F^T F / 2`` (pen = identity without the intercept) an upper
-    bound of the Hessian on class-centred parameters.  We solve in the
-    coordinates ``phi = theta L`` with ``M = L L^T``: there the Hessian has
-    eigenvalues in (0, 1], so plain CG converges in a few steps (it is CG
-    preconditioned with M), and since ``L^-1 pen L^-T = I - C F'^T F' / 2``
-    with ``F' = F L^-T`` the penalty costs no extra matrix product.  Iterates
-    stay centred over classes because the gradient and Hessian preserve
-    centring; this removes the intercepts' free common shift.
+    ``A (E, K, S)`` are its coefficients on the centred supports ``Xc``, ``b (E, K)`` the
+    intercepts, ``AG = A G`` with the Gram matrix ``G = Xc Xc^T`` (so the support logits are
+    ``AG + b`` and ``<W, W'> = <A, A'G>``).  Keeping ``AG`` beside ``A`` makes every inner
+    product, objective and line-search step free; only new directions cost a product with G.
     """
 
-    def __init__(self, F: torch.Tensor, Y: torch.Tensor, C: float):
-        pen = torch.ones(F.shape[2], dtype=F.dtype, device=F.device)
-        pen[-1] = 0
-        self.L = torch.linalg.cholesky(torch.diag(pen) + 0.5 * C * F.transpose(1, 2) @ F)
-        self.Ft = torch.linalg.solve_triangular(self.L, F.transpose(1, 2), upper=False)
-        self.F = self.Ft.transpose(1, 2).contiguous()
-        self.Y, self.C = Y, C
+    def __init__(self, A, AG, b):
+        self.A, self.AG, self.b = A, AG, b
 
-    def evaluate(self, phi: torch.Tensor):
-        """Objective per episode, softmax probabilities and logits (E, K, S)."""
-        logits = phi @ self.Ft
+    def logits(self):
+        return self.AG + self.b[:, :, None]
+
+    def dot(self, other):
+        return _bdot(self.A, other.AG) + _bdot(self.b, other.b)
+
+    def axpy(self, alpha, other):
+        """self + alpha * other, alpha (E,) per episode."""
+        a = alpha[:, None, None]
+        return _Point(torch.addcmul(self.A, a, other.A), torch.addcmul(self.AG, a, other.AG),
+                      torch.addcmul(self.b, alpha[:, None], other.b))
+
+
+class _Problem:
+    """scikit-learn's objective ``0.5 ||W||^2 + C * sum CE(X W^T + b, y)`` for E episodes, in
+    the span of the supports (the optimal W lies there: W = -C (P - Y)^T X).
+
+    Features are centred on the support mean m: ``X W^T + b = Xc W^T + (b + W m)`` is the same
+    model with an unpenalised intercept, so the optimum's W is unchanged, while the common
+    direction of real (non-negative) features no longer inflates the Hessian.  Layout is
+    class-major (faster small batched matmuls on CPU): labels and probabilities ``(E, K, S)``.
+    """
+
+    def __init__(self, G: torch.Tensor, Y: torch.Tensor, C: float):
+        self.G, self.Y, self.C = G, Y, C
+
+    def evaluate(self, x: _Point):
+        """Objective per episode and softmax probabilities (E, K, S)."""
+        logits = x.logits()
         top = logits.amax(1, keepdim=True)
         e = (logits - top).exp()  # by hand: torch.softmax is slow for small K
         total = e.sum(1, keepdim=True)
         ce = (total.log() + top).flatten(1).sum(1) - _bdot(logits, self.Y)
-        penalty = 0.5 * _bdot(phi, phi) - 0.25 * self.C * _bdot(logits, logits)
-        return penalty + self.C * ce, e / total, logits
+        return 0.5 * _bdot(x.A, x.AG) + self.C * ce, e / total
 
-    def gradient(self, phi, P, logits) -> torch.Tensor:
-        return torch.baddbmm(phi, P - self.Y - 0.5 * logits, self.F, alpha=self.C)
+    def gradient(self, x: _Point, P) -> _Point:
+        """Gradient in the (W, b) metric: W + C (P - Y) Xc, C (P - Y) 1.  One product with G."""
+        R = self.C * (P - self.Y)
+        return _Point(x.A + R, x.AG + R @ self.G, R.sum(2))
 
-    def hessp(self, P: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Hessian-vector product in the dtype of ``P`` and ``v`` (float32 inside CG)."""
-        Ft, F = (self.Ft, self.F) if v.dtype == self.F.dtype else self.low_precision()
-        u = v @ Ft
-        # Softmax Jacobian per sample, diag(p) - p p^T, minus the bound's 1/2.
-        hu = torch.addcmul(-0.5 * u, P, u - (P * u).sum(1, keepdim=True))
-        return torch.baddbmm(v, hu, F, alpha=self.C)
-
-    def low_precision(self):
-        """Float32 copies of ``Ft`` and ``F`` for the Hessian products, made once."""
-        if not hasattr(self, "_f32"):
-            self._f32 = self.Ft.float(), self.F.float()
-        return self._f32
-
-    def intercept(self, phi: torch.Tensor) -> torch.Tensor:
-        theta = torch.linalg.solve_triangular(self.L, phi, upper=False, left=False)
-        return theta[:, :, -1]
+    def hessp(self, P, v: _Point) -> _Point:
+        """Hessian-vector product: ``v + C J(v's logits)`` with the per-sample softmax
+        Jacobian ``J = diag(p) - p p^T``.  One product with G."""
+        u = v.logits()
+        R = self.C * P * (u - (P * u).sum(1, keepdim=True))
+        return _Point(v.A + R, v.AG + R @ self.G, R.sum(2))
 
 
-def _cg(prob: _Problem, P, g, rtol, max_iter: int) -> torch.Tensor:
-    """CG for ``H d = -g``, per episode until ||residual|| <= rtol, in float32: the Newton
-    direction needs only a relative accuracy of min(0.5, sqrt|g|) (and the gradient that judges
-    convergence stays float64), so the Hessian products run at float32 speed."""
-    P, g = P.float(), g.float()
-    d = torch.zeros_like(g)
-    r = -g
-    p = r
-    rr = _bdot(r, r)
-    rtol2 = rtol * rtol
+def _cg(prob: _Problem, P, g: _Point, rtol, max_iter: int) -> _Point:
+    """CG for ``H d = -g``, per episode until ||residual|| <= rtol (one product with G per step).
+    Finished episodes keep alpha = beta = 0, so their d is frozen."""
+    zero = torch.zeros_like(rtol)
+    d = g.axpy(-torch.ones_like(rtol), g)  # zeros shaped like g
+    r = g.axpy(-2 * torch.ones_like(rtol), g)  # -g
+    p, rr = r, r.dot(r)
     for _ in range(max_iter):
-        active = rr > rtol2
+        active = rr > rtol * rtol
         if not active.any():
             break
         Hp = prob.hessp(P, p)
-        # Finished episodes keep alpha = beta = 0, so their d is frozen.
-        alpha = torch.where(active, rr / _bdot(p, Hp), 0.0)[:, None, None]
-        d = torch.addcmul(d, alpha, p)
-        r = torch.addcmul(r, alpha, Hp, value=-1)
-        rr_new = _bdot(r, r)
-        beta = torch.where(active, rr_new / rr, 0.0)[:, None, None]
-        p = torch.addcmul(r, beta, p)
+        alpha = torch.where(active, rr / p.dot(Hp), zero)
+        d, r = d.axpy(alpha, p), r.axpy(-alpha, Hp)
+        rr_new = r.dot(r)
+        beta = torch.where(active, rr_new / rr, zero)
+        p = r.axpy(beta, p)
         rr = rr_new
-    return d.double()
+    return d
 
 
-def _newton(prob: _Problem, phi, tol: float, max_iter: int):
-    """Damped Newton-CG until every episode's max |gradient| <= tol.
+_LINE_NEWTON = 3
+
+
+def _line_minimum(prob: _Problem, x: _Point, d: _Point, step, iters: int):
+    """A few 1-D Newton steps on ``s -> f(x + s d)`` from ``step`` (E,): free, since the
+    logits are linear in s; the objective is convex, so the curvature is positive."""
+    a0, a1 = _bdot(x.A, d.AG), _bdot(d.A, d.AG)
+    dz = d.logits()
+    for _ in range(iters):
+        _, P = prob.evaluate(x.axpy(step, d))
+        pz = (P * dz).sum(1, keepdim=True)
+        slope = a0 + step * a1 + prob.C * _bdot(P - prob.Y, dz)
+        curv = a1 + prob.C * (P * (dz - pz) ** 2).flatten(1).sum(1)
+        step = (step - slope / curv.clamp_min(torch.finfo(curv.dtype).tiny)).clamp_min(0)
+    return step
+
+
+def _newton(prob: _Problem, x: _Point, tol: float, max_iter: int):
+    """Damped Newton-CG until every episode's gradient norm ||g|| <= tol (2-norm over W and b).
 
     Returns the solution and its softmax probabilities.
     """
-    f, P, logits = prob.evaluate(phi)
+    f, P = prob.evaluate(x)
     for _ in range(max_iter):
-        g = prob.gradient(phi, P, logits)
-        gmax = g.flatten(1).abs().amax(1)
-        if (gmax <= tol).all():
+        g = prob.gradient(x, P)
+        gnorm = g.dot(g).clamp_min(0).sqrt()
+        todo = gnorm > tol
+        if not todo.any():
             break
-        gnorm = _bdot(g, g).sqrt()
-        # Forcing term min(0.5, sqrt|g|) |g| gives superlinear convergence;
-        # solving below tol/10 would only chase rounding noise.
-        # float32 CG reaches about 1e-5 relative residual; asking for less would not stop.
-        rtol = torch.maximum(gnorm * gnorm.sqrt().clamp(max=0.5), (1e-4 * gnorm).clamp_min(0.1 * tol))
+        # Forcing term min(0.5, sqrt|g|) |g| gives superlinear convergence.
+        rtol = torch.where(todo, gnorm * gnorm.sqrt().clamp(max=0.5), torch.inf)
         d = _cg(prob, P, g, rtol, max_iter=50)
-        d = d * (gmax > tol)[:, None, None]
-        # Backtracking (Armijo) line search per episode; the slack absorbs
-        # rounding once the decrease is below float64 resolution.
-        slope = _bdot(g, d)
-        slack = 1e-13 * f.abs()
-        step = torch.ones_like(f)
+        step = _line_minimum(prob, x, d, todo.to(f.dtype), _LINE_NEWTON)
+        # Backtracking (Armijo) safeguard per episode; the slack absorbs rounding once the
+        # decrease is below the dtype's resolution.
+        slope = g.dot(d)
+        slack = 4 * torch.finfo(f.dtype).eps * f.abs()
         for _ in range(30):
-            new = prob.evaluate(phi + step[:, None, None] * d)
-            ok = new[0] <= f + 1e-4 * step * slope + slack
+            new = x.axpy(step, d)
+            f_new, P_new = prob.evaluate(new)
+            ok = f_new <= f + 1e-4 * step * slope + slack
             if ok.all():
                 break
             step = torch.where(ok, step, 0.5 * step)
-        phi = phi + step[:, None, None] * d
-        f, P, logits = new if ok.all() else prob.evaluate(phi)
-    return phi, P
-
-
-def _gram_factor(X: torch.Tensor) -> torch.Tensor:
-    """Float64 F (E, S, min(S, D)) with F F^T = X X^T.
-
-    The objective depends on X only through X X^T (the optimal W = X^T A lies
-    in the row space of X), so when S < D we solve with F = chol(X X^T): same
-    optimum, S instead of D columns.  The Gram matrix is computed in X's
-    precision (scikit-learn also keeps float32 inputs in float32).
-    """
-    E, S, D = X.shape
-    if S >= D:
-        return X.to(torch.float64)
-    G = (X @ X.transpose(1, 2)).to(torch.float64)
-    L, info = torch.linalg.cholesky_ex(G)
-    bad = info > 0
-    if bad.any():  # rank-deficient Gram (e.g. duplicate views): use eigh
-        lam, U = torch.linalg.eigh(G[bad])
-        L[bad] = U * lam.clamp_min(0).sqrt()[:, None, :]
-    return L
+        if not ok.all():  # rounding floor: keep the old point where no step decreases f
+            step = torch.where(ok, step, 0.0)
+            new = x.axpy(step, d)
+            f_new, P_new = prob.evaluate(new)
+        x, f, P = new, f_new, P_new
+    return x, P
 
 
 def _fit_chunk(support, labels, n_classes, C, tol, max_iter, device):
-    """Solve one chunk of episodes; return coef (E, K, D) and centred b (E, K)."""
-    X = torch.as_tensor(support, device=device)
+    """Solve one chunk of episodes; return coef (E, K, D) and centred b (E, K) in the
+    working precision (float32 at prediction tolerances, float64 below 1e-5)."""
+    dtype = torch.float32 if tol >= 1e-5 else torch.float64
+    X = torch.as_tensor(support, device=device).to(dtype)
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
-    F = _gram_factor(X)
-    F = torch.cat([F, torch.ones_like(F[:, :, :1])], 2)
-    Y = torch.nn.functional.one_hot(y, n_classes).to(F.dtype).transpose(1, 2).contiguous()
-    prob = _Problem(F, Y, C)
-    phi, P = _newton(prob, F.new_zeros(F.shape[0], n_classes, F.shape[2]), tol, max_iter)
-    # Stationarity of the weights, W + C X^T (P - Y) = 0, maps the solution
-    # back to feature space whatever factor F was used.
-    coef = C * (Y - P).to(X.dtype) @ X
-    b = prob.intercept(phi)
+    mean = X.mean(1, keepdim=True)
+    Xc = X - mean
+    prob = _Problem(Xc @ Xc.transpose(1, 2), 
+                    torch.nn.functional.one_hot(y, n_classes).to(dtype).transpose(1, 2).contiguous(), C)
+    zeros = X.new_zeros(X.shape[0], n_classes, X.shape[1])
+    x, _ = _newton(prob, _Point(zeros, zeros, zeros[:, :, 0]), tol, max_iter)
+    coef = x.A @ Xc
+    b = x.b - (coef @ mean.transpose(1, 2))[:, :, 0]
     return coef, b - b.mean(1, keepdim=True)
 
 
 def _chunk_size(S: int, D: int, Q: int = 0) -> int:
     """Episodes per solver chunk (see _MEMORY_ELEMENTS and _CACHE_ELEMENTS)."""
-    return max(1, min(_MEMORY_ELEMENTS // ((S + Q) * D), _CACHE_ELEMENTS // (S * (min(S, D) + 1))))
+    return max(1, min(_MEMORY_ELEMENTS // ((S + Q) * D), _CACHE_ELEMENTS // (S * S)))
 
 
 def _slices(n: int, size: int):
