@@ -161,8 +161,9 @@ def sample_episode(
 
 
 def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-episode inner product of two (E, ...) tensors."""
-    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
+    """Per-episode inner product of two (E, ...) tensors (as a batched matrix product: on CPU
+    it avoids vecdot's temporary product)."""
+    return (a.flatten(1)[:, None, :] @ b.flatten(1)[:, :, None])[:, 0, 0]
 
 
 class _Point:
