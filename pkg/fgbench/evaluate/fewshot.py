@@ -273,7 +273,10 @@ def _line_search(prob: _Problem, x: _Point, d: _Point, f, slope, step, iters: in
         pz = (P * dz).sum(1, keepdim=True)
         grad = a0 + step * a1 + prob.C * _bdot(P - prob.Y, dz)
         curv = a1 + prob.C * (P * (dz - pz) ** 2).flatten(1).sum(1)
-        step = (step - grad / curv.clamp_min(torch.finfo(curv.dtype).tiny)).clamp_min(0)
+        # In the (W, b) metric H >= I, so the minimum lies at s <= 1 along -g and near 1 along a
+        # Newton direction; the cap stops rounding-level directions near the optimum from
+        # taking huge steps.
+        step = (step - grad / curv.clamp_min(torch.finfo(curv.dtype).tiny)).clamp(0, 2)
     # The slack absorbs rounding once the decrease is below the dtype's resolution.
     slack = 4 * torch.finfo(f.dtype).eps * f.abs()
     for _ in range(30):
