@@ -190,6 +190,25 @@ class _Point:
         return _Point(torch.addcmul(self.A, a, other.A), torch.addcmul(self.AG, a, other.AG),
                       torch.addcmul(self.b, alpha[:, None], other.b))
 
+    def axpy_(self, alpha, other):
+        """In place: self += alpha * other (in-place updates save the allocations, which on CPU
+        cost more than the arithmetic of these memory-bound steps)."""
+        a = alpha[:, None, None]
+        self.A.addcmul_(a, other.A)
+        self.AG.addcmul_(a, other.AG)
+        self.b.addcmul_(alpha[:, None], other.b)
+        return self
+
+    def scale_add_(self, beta, other):
+        """In place: self = other + beta * self."""
+        for mine, theirs in ((self.A, other.A), (self.AG, other.AG)):
+            mine.mul_(beta[:, None, None]).add_(theirs)
+        self.b.mul_(beta[:, None]).add_(other.b)
+        return self
+
+    def copy(self):
+        return _Point(self.A.clone(), self.AG.clone(), self.b.clone())
+
 
 class _Problem:
     """scikit-learn's objective ``0.5 ||W||^2 + C * sum CE(X W^T + b, y)`` for E episodes, in
@@ -234,19 +253,19 @@ def _cg(prob: _Problem, P, g: _Point, rtol, max_iter: int) -> _Point:
     """CG for ``H d = -g``, per episode until ||residual|| <= rtol (one product with G per step).
     Finished episodes keep alpha = beta = 0, so their d is frozen."""
     zero = torch.zeros_like(rtol)
-    d = g.axpy(-torch.ones_like(rtol), g)  # zeros shaped like g
-    r = g.axpy(-2 * torch.ones_like(rtol), g)  # -g
-    p, rr = r, r.dot(r)
+    r = _Point(-g.A, -g.AG, -g.b)
+    d = _Point(torch.zeros_like(g.A), torch.zeros_like(g.AG), torch.zeros_like(g.b))
+    p, rr = r.copy(), r.dot(r)
     for _ in range(max_iter):
         active = rr > rtol * rtol
         if not active.any():
             break
         Hp = prob.hessp(P, p)
         alpha = torch.where(active, rr / p.dot(Hp), zero)
-        d, r = d.axpy(alpha, p), r.axpy(-alpha, Hp)
+        d.axpy_(alpha, p)
+        r.axpy_(-alpha, Hp)
         rr_new = r.dot(r)
-        beta = torch.where(active, rr_new / rr, zero)
-        p = r.axpy(beta, p)
+        p.scale_add_(torch.where(active, rr_new / rr, zero), r)
         rr = rr_new
     return d
 
