@@ -209,6 +209,9 @@ class _Point:
     def copy(self):
         return _Point(self.A.clone(), self.AG.clone(), self.b.clone())
 
+    def neg(self):
+        return _Point(-self.A, -self.AG, -self.b)
+
 
 class _Problem:
     """scikit-learn's objective ``0.5 ||W||^2 + C * sum CE(X W^T + b, y)`` for E episodes, in
@@ -253,7 +256,7 @@ def _cg(prob: _Problem, P, g: _Point, rtol, max_iter: int) -> _Point:
     """CG for ``H d = -g``, per episode until ||residual|| <= rtol (one product with G per step).
     Finished episodes keep alpha = beta = 0, so their d is frozen."""
     zero = torch.zeros_like(rtol)
-    r = _Point(-g.A, -g.AG, -g.b)
+    r = g.neg()
     d = _Point(torch.zeros_like(g.A), torch.zeros_like(g.AG), torch.zeros_like(g.b))
     p, rr = r.copy(), r.dot(r)
     for _ in range(max_iter):
@@ -310,7 +313,7 @@ def _line_search(prob: _Problem, x: _Point, d: _Point, f, slope, step, iters: in
 
 def _newton(prob: _Problem, x: _Point, tol: float, max_iter: int):
     """Damped Newton-CG until, in every episode, the last step changed no support logit by more
-    than ``tol``.  Newton-CG converges here by about a factor 10 per step (measured at the paper
+    than ``tol`` (or could not decrease the objective).  Newton-CG converges here by about a factor 10 per step (measured at the paper
     shapes), so the logits are then within about tol / 10 of the optimum's; the rule needs no
     gradient at the final point, and a step of zero (rounding floor) also stops.
 
@@ -324,7 +327,7 @@ def _newton(prob: _Problem, x: _Point, tol: float, max_iter: int):
         if it == 0:
             # From W = 0 the first CG direction is -g itself: skip its Hessian product and let
             # the line search, started at 0, find the step.
-            d, step = g.axpy(-2 * torch.ones_like(gnorm), g), torch.zeros_like(gnorm)
+            d, step = g.neg(), torch.zeros_like(gnorm)
         else:
             # Forcing term min(0.5, sqrt|g|) |g| gives superlinear convergence.
             rtol = torch.where(todo, gnorm * gnorm.sqrt().clamp(max=0.5), torch.inf)
@@ -332,7 +335,10 @@ def _newton(prob: _Problem, x: _Point, tol: float, max_iter: int):
         step, f, P = _line_search(prob, x, d, f, g.dot(d), step, _LINE_NEWTON + 2 * (it == 0))
         step = step * todo
         x = x.axpy(step, d)
-        todo = todo & ((step[:, None, None] * d.logits()).abs().flatten(1).amax(1) > tol)
+        # The change counts at least the unit step's, so a step that backtracking shortened does
+        # not pass for convergence; a step of 0 (rounding floor) does.
+        moved = d.logits().abs().flatten(1).amax(1) * torch.where(step > 0, step.clamp_min(1), 0)
+        todo = todo & (moved > tol)
         if not todo.any():
             break
     return x, P
