@@ -419,8 +419,8 @@ def _query_logits(support, support_labels, query, C, n_classes, tol, max_iter, c
     for sl in _slices(E, chunk_size or _chunk_size(S, D, query.shape[1])):
         coef, b = _fit_chunk(support[sl], support_labels[sl], K, C, tol, max_iter, device)
         Xq = torch.as_tensor(query[sl], device=device)
-        logits = coef.to(Xq.dtype) @ Xq.transpose(1, 2) + b.to(Xq.dtype)[:, :, None]
-        yield logits.transpose(1, 2)
+        # (E, Q, K) directly: argmax and softmax then run over a contiguous last dimension.
+        yield torch.baddbmm(b.to(Xq.dtype)[:, None, :], Xq, coef.to(Xq.dtype).transpose(1, 2))
 
 
 def fit_predict_logreg(
@@ -445,9 +445,8 @@ def fit_predict_logreg(
     are computed in the query's dtype. The default ``tol`` is :data:`PREDICT_TOL`.
     """
     args = (C, n_classes, tol, max_iter, chunk_size, device)
-    # argmax over a contiguous last dimension is much faster on CPU.
     return np.concatenate([
-        logits.contiguous().argmax(2).cpu().numpy()
+        logits.argmax(2).cpu().numpy()
         for logits in _query_logits(support, support_labels, query, *args)
     ])
 
