@@ -135,13 +135,12 @@ def cmd_evaluate(args):
 def cmd_combine(args):
     from .evaluate import load_embeddings
     from .evaluate.combine import combination_rows_and_units
+    from .provenance import row_hash
 
     ensure_writable(args.out)
     spec, run = _spec(args.spec), _spec(args.run)
     if not isinstance(spec, dict) or not {"combination", "protocol"} <= set(spec):
         raise FgbenchError("--spec must be a JSON object with keys 'combination' and 'protocol'")
-    from .provenance import row_hash
-
     arrays_a, arrays_b = (load_embeddings(path) for path in args.embeddings)
     config_hash = row_hash(run.pop("config_hash", ""), arrays_a, arrays_b)
     try:
