@@ -11,7 +11,7 @@ from scipy import stats
 
 from fgbench.cli import main
 from fgbench.evaluate.units import write_units
-from fgbench.report.comparisons import (comparisons, format_comparisons, headline, load_runs, ranks,
+from fgbench.report.comparisons import (_baseline_cell, comparisons, format_comparisons, headline, load_runs, ranks,
                                         read_comparisons, write_comparisons)
 from fgbench.report.plots import plot_differences, plot_forest, plot_ranks
 from fgbench.report.tables import latex_table
@@ -105,6 +105,19 @@ def test_an_absent_baseline_is_said_not_failed(runs_dir):
     assert table["note"].eq("baseline triplet (head) absent").all() and table["diff"].isna().all()
     assert "Baseline: triplet (head); baseline triplet (head) absent." in format_comparisons(table)
     assert table["group"].notna().all()  # rank groups need no baseline
+
+
+def test_the_baseline_is_found_on_the_only_layer_a_protocol_scores(tmp_path):
+    """Closed set scores the probs layer; a baseline named on its first embedded layer (head) is
+    compared there, while a method with two layers in the table stays ambiguous (absent)."""
+    rng = np.random.default_rng(1)
+    paths = [write_run(tmp_path, method, 0, rng.random(N_UNITS) < p, protocol="closed_set", setting="closed_set",
+                       layer="probs") for method, p in (("softmax", 0.8), ("vmf", 0.7))]
+    table = comparisons(load_runs(paths), {"closed_set": "softmax (head)"}, n_boot=200).set_index("label")
+    assert table["baseline"].eq("softmax (probs)").all() and table["note"].eq("").all()
+    diff = np.mean(np.asarray(load_runs(paths[1:])["units"].iloc[0]) - load_runs(paths[:1])["units"].iloc[0])
+    assert table.loc["vmf (probs)", "diff"] == pytest.approx(diff)
+    assert _baseline_cell("softmax (head)", {"softmax (probs)": 0, "softmax (logits)": 0}) is None
 
 
 def test_files_round_trip_and_the_headline(runs_dir, tmp_path):

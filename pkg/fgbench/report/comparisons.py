@@ -69,6 +69,16 @@ def table_cells(runs: pd.DataFrame):
         yield key, cells
 
 
+def _baseline_cell(label: str, cells: dict) -> str | None:
+    """The baseline's label in one table: ``label`` itself, else its method's only layer there
+    (the closed-set protocol scores the ``probs`` layer, not the first embedded one); None if absent."""
+    if label in cells:
+        return label
+    method = label.rsplit(" (", 1)[0]
+    layers = [other for other in cells if other.rsplit(" (", 1)[0] == method]
+    return layers[0] if len(layers) == 1 else None
+
+
 def comparisons(runs: pd.DataFrame, baselines: dict, test: str = "t", n_boot: int = 2000) -> pd.DataFrame:
     """Every comparison table stacked: :data:`TABLE_KEYS`, ``baseline`` (its label; empty when the
     setting has none) and ``note`` (empty, or why there is no difference: the baseline is absent),
@@ -77,9 +87,10 @@ def comparisons(runs: pd.DataFrame, baselines: dict, test: str = "t", n_boot: in
     for key, cells in table_cells(runs):
         setting, metric = key[1], key[3]
         baseline = baselines.get(setting, "")
-        note = f"baseline {baseline} absent" if baseline and baseline not in cells else ""
-        table = compare_cells(cells, baseline if baseline in cells else None, metric in LOWER_IS_BETTER,
-                              test=test, n_boot=n_boot)
+        found = _baseline_cell(baseline, cells) if baseline else None
+        note = f"baseline {baseline} absent" if baseline and found is None else ""
+        baseline = found or baseline
+        table = compare_cells(cells, found, metric in LOWER_IS_BETTER, test=test, n_boot=n_boot)
         frames.append(table.assign(**dict(zip(TABLE_KEYS, key)), baseline=baseline, note=note))
     columns = [*TABLE_KEYS, "baseline", "note"]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns + ["label"])
