@@ -261,9 +261,19 @@ def _resolve_datasets(cfg: dict) -> dict:
             ds[key] = default if ds[key] is None else ds[key]
             _one_of(ds[key], _augment_names(), f"datasets.{name}.{key}")
         _one_of(ds["verify"], (True, False), f"datasets.{name}.verify")
+        _check_backbone(ds["backbone"], f"datasets.{name}.backbone")
         _check_resources(ds["resources"], f"datasets.{name}.resources")
         resolved[name] = ds
     return resolved
+
+
+def _check_backbone(backbone, key: str) -> None:
+    """A built-in or plug-in backbone (``fgbench.plugins``), named before any job runs."""
+    from .models import check_backbone  # imports torch: only when validating
+
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str):
+        raise ConfigError(f"config key '{key}' must be a mapping with a name, e.g. {{name: small_cnn}}, got {backbone!r}")
+    check_backbone(backbone["name"], f"{key}.name")
 
 
 def _augment_names():

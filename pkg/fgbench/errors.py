@@ -17,6 +17,11 @@ class TrainingError(FgbenchError):
     """Training cannot go on (for example the loss became NaN)."""
 
 
+class PluginError(FgbenchError):
+    """An installed plug-in (fgbench.plugins) takes a name already registered, cannot be
+    imported, or is not the kind of object its entry-point group holds."""
+
+
 def exit_on_config_error(error) -> None:
     """For the Snakefiles: the one line ``fgbench: config error: ...`` on stderr and exit status 2,
     the status ``fgbench`` gives every input error (1 is left to bugs)."""

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import plugins
 from ..errors import ConfigError, DataError
 from ..io import atomic_path
 from ..provenance import arrays_hash, digest, file_hash
@@ -57,7 +58,7 @@ from . import cars, cifar10, cifar100, cub, fashion_mnist, imagenet, mnist, sop,
 from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, join_images, write_npy
 
 __all__ = [
-    "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "split_defaults", "prepare", "load_prepared",
+    "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "list_datasets", "split_defaults", "prepare", "load_prepared",
     "ImageFiles", "is_in_memory",
 ]
 
@@ -76,9 +77,27 @@ SPLITS = ("train", "val", "test")
 FIELDS = ("fine", "coarse", "index")
 
 
+DATASET_FIELDS = ("SETTINGS", "IMAGE_SIZE", "NORMALIZE", "TRANSFORMS", "read")
+
+
+def _adopt(name: str, dataset):
+    """A plug-in's dataset (entry point group ``fgbench.datasets``): a module or object with the
+    fields of the module docstring."""
+    missing = [field for field in DATASET_FIELDS if not hasattr(dataset, field)]
+    if missing:
+        raise TypeError(f"{dataset!r}, which lacks {', '.join(missing)} (a dataset has {', '.join(DATASET_FIELDS)})")
+    return dataset
+
+
+def list_datasets() -> list:
+    """Every dataset name: the built-ins and the installed plug-ins' (``fgbench.plugins``)."""
+    plugins.extend(plugins.DATASETS, DATASETS, _adopt)
+    return sorted(DATASETS)
+
+
 def get_dataset(name):
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; valid datasets: {', '.join(sorted(DATASETS))}")
+    if name not in list_datasets():
+        raise ConfigError(f"unknown dataset '{name}'; valid datasets: {', '.join(list_datasets())}")
     return DATASETS[name]
 
 

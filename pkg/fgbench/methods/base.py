@@ -14,6 +14,7 @@ import inspect
 
 from torch import nn
 
+from .. import plugins
 from ..errors import ConfigError
 
 _REGISTRY = {}
@@ -98,12 +99,26 @@ def register_method(name: str):
     return register
 
 
+def _adopt(name: str, cls):
+    """A plug-in's method class (entry point group ``fgbench.methods``), named as registered."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r}, not a subclass of fgbench.methods.Method")
+    cls.name = name
+    return cls
+
+
+def _registry() -> dict:
+    """The built-in methods and, from the first lookup on, the installed plug-ins' (``fgbench.plugins``)."""
+    plugins.extend(plugins.METHODS, _REGISTRY, _adopt)
+    return _REGISTRY
+
+
 def list_methods():
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def get_method_class(name: str):
-    if name not in _REGISTRY:
+    if name not in _registry():
         raise ConfigError(f"unknown method '{name}'; valid methods: {', '.join(list_methods())}")
     return _REGISTRY[name]
 

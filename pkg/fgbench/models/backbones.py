@@ -8,6 +8,7 @@ methods put their heads on top.
 import torch
 from torch import nn
 
+from .. import plugins
 from ..errors import ConfigError
 from .resnet12 import ResNet12
 
@@ -144,9 +145,26 @@ BACKBONES = {
 }
 
 
+def _adopt(name: str, builder):
+    """A plug-in's backbone builder (entry point group ``fgbench.backbones``)."""
+    if not callable(builder):
+        raise TypeError(f"{builder!r}, not a callable(**params) returning an nn.Module with out_dim")
+    return builder
+
+
+def list_backbones() -> list:
+    """Every backbone name: the built-ins and the installed plug-ins' (``fgbench.plugins``)."""
+    plugins.extend(plugins.BACKBONES, BACKBONES, _adopt)
+    return list(BACKBONES)
+
+
+def check_backbone(name: str, key: str = "backbone.name") -> None:
+    if name not in list_backbones():
+        raise ConfigError(f"unknown backbone '{name}' (config key '{key}'); valid backbones: {', '.join(BACKBONES)}")
+
+
 def get_backbone(name: str, **params) -> nn.Module:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone '{name}'; valid backbones: {', '.join(BACKBONES)}")
+    check_backbone(name)
     try:
         return BACKBONES[name](**params)
     except TypeError as e:
