@@ -10,23 +10,24 @@ from fgbench.data.samplers import ClassRandomBatchSampler
 from fgbench.errors import ConfigError
 from fgbench.methods import build_method, get_method_class, list_methods, register_method
 from fgbench.models import get_backbone
+from fgbench.testing import CHECKS
+
+
+def fast_params(name) -> dict:
+    """The papers' queue of 65536 only slows these tests down."""
+    return {"queue_size": 16} if "queue_size" in inspect.signature(get_method_class(name).__init__).parameters else {}
 
 
 def make(name, **params):
     torch.manual_seed(0)
-    if "queue_size" in inspect.signature(get_method_class(name).__init__).parameters:
-        params.setdefault("queue_size", 16)  # the papers' 65536 only slows these tests down
-    return build_method(name, get_backbone("small_cnn", width=1), num_classes=4, num_samples=32, params=params)
+    return build_method(name, get_backbone("small_cnn", width=1), num_classes=4, num_samples=32,
+                        params={**fast_params(name), **params})
 
 
 def fixed_batch():
     batch = class_batch(32)
     noise = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     return {**batch, "view2": batch["images"].flip(-1) + 0.05 * noise}  # a second "augmented" view
-
-
-def queue_state(method):
-    return {n: b.clone() for n, b in method.named_buffers() if "queue" in n}
 
 
 def test_registry():
@@ -40,52 +41,11 @@ def test_registry():
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_every_parameter_gets_a_gradient(name):
-    method = make(name).train()
-    loss, logs = method.training_step(fixed_batch())
-    assert loss.ndim == 0 and torch.isfinite(loss) and all(isinstance(v, float) for v in logs.values())
-    loss.backward()
-    missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing
-
-
-@pytest.mark.parametrize("name", list_methods())
-def test_loss_decreases_on_a_fixed_batch(name):
-    method, batch = make(name).train(), fixed_batch()
-    opt = torch.optim.Adam(method.parameters(), lr=1e-3)
-    queues, losses = queue_state(method), []
-    for _ in range(8):
-        # On one fixed batch a queue would fill with the batch's own keys, negatives against
-        # themselves: restore it, so the loss measures learning on the batch.
-        method.load_state_dict({**method.state_dict(), **queues})
-        loss, _ = method.training_step(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-
-
-@pytest.mark.parametrize("name", list_methods())
-def test_embed_layers_and_state_roundtrip(name):
-    method = make(name).eval()
-    images = fixed_batch()["images"]
-    for layer in method.layers:
-        assert method.embed(images, layer).shape[0] == 32
-    with pytest.raises(ConfigError, match="has no layer 'nope'"):
-        method.embed(images, "nope")
-    clone = make(name)
-    clone.load_state_dict(method.state_dict(), strict=True)
-    torch.testing.assert_close(clone.eval().embed(images, None), method.embed(images, None))
-    saved = method.inference_state()  # what model.pt keeps: enough to embed, nothing more
-    assert not [k for k in saved if k.startswith(("key_", "queue"))]
-    fresh = make(name)
-    with torch.no_grad():
-        for p in fresh.parameters():
-            p.add_(1.0)  # so that only the load can make the embeddings match
-    fresh.load_inference_state(saved)
-    for layer in method.layers:
-        torch.testing.assert_close(fresh.eval().embed(images, layer), method.embed(images, layer))
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+def test_every_method_keeps_the_plugin_contract(name, check, one_thread):
+    """The checks a plug-in author runs (fgbench.testing): every parameter gets a gradient, the
+    loss falls on a fixed batch, every layer embeds, state dicts round-trip, resume is exact."""
+    check(name, fast_params(name))
 
 
 def test_supervised_coarse_is_cross_entropy():

@@ -131,7 +131,15 @@ def build_method(name: str, backbone: nn.Module, *, num_classes: int, num_sample
     ``num_samples`` (per-sample state such as SCGM's subclass labels) gets the training-set size,
     one that takes ``epochs`` (LSD's ramp, ArcFace's warm-up) the number of epochs.
     """
-    cls = get_method_class(name)
+    return instantiate(get_method_class(name), backbone, num_classes=num_classes, num_samples=num_samples,
+                       epochs=epochs, params=params)
+
+
+def instantiate(cls, backbone: nn.Module, *, num_classes: int, num_samples: int, epochs: int = 1,
+                params: dict) -> Method:
+    """``build_method`` for a class, registered or not (``fgbench.testing`` checks a plug-in's
+    class before it is installed)."""
+    name = cls.name or cls.__name__
     kwargs = {k: v for k, v in (params or {}).items() if v is not None}
     if cls.labels != "none":
         kwargs["num_classes"] = num_classes
