@@ -162,18 +162,17 @@ def test_the_example_plugin_runs_in_a_workflow_beside_a_built_in_method(installe
     cfg = tiny_config(fashion, combinations=[], benchmark={"fashion_mnist": {"open_set": ["triplet", "cosface"]}})
     cfg["datasets"]["fashion_mnist"]["verify"] = False  # synthetic files
     cfg["methods"]["cosface"] = {"params": {"margin": 0.2, "scale": 16.0}, "embed_layer": ["head", "backbone"]}
-    cfg["protocols"] = {"fewshot_5way": cfg["protocols"]["fewshot_5way"], "retrieval": {"recall_k": [1]}}
+    cfg["protocols"] = {"fewshot_5way": cfg["protocols"]["fewshot_5way"]}
     snakemake(write_config(tmp_path / "run", cfg), "results/tables/summary.csv")
     summary = pd.read_csv(tmp_path / "run/results/tables/summary.csv")
     cosface = summary.query("method == 'cosface'")
     assert set(summary["method"]) == {"triplet", "cosface"}
-    assert set(cosface["layer"]) == {"head", "backbone"} and set(cosface["protocol"]) == {"fewshot_5way", "retrieval"}
+    assert set(cosface["layer"]) == {"head", "backbone"} and set(cosface["protocol"]) == {"fewshot_5way"}
     assert cosface["mean"].between(0, 1).all() and (cosface["setting"] == "open_set").all()
-    # scored on the built-in method's episodes and queries
+    # scored on the built-in method's episodes
     metrics = tmp_path / "run/results/metrics/fashion_mnist/open_set"
-    for protocol in ("fewshot_5way", "retrieval"):
-        hashes = {m: load_units(metrics / f"{m}/seed0/{protocol}.npz")["draws_hash"] for m in ("cosface", "triplet")}
-        assert hashes["cosface"] == hashes["triplet"], protocol
+    hashes = {m: load_units(metrics / f"{m}/seed0/fewshot_5way.npz")["draws_hash"] for m in ("cosface", "triplet")}
+    assert hashes["cosface"] == hashes["triplet"]
 
 
 def test_a_colliding_plugin_stops_the_workflow_before_any_job(tmp_path, monkeypatch):
