@@ -47,6 +47,10 @@ CONFIG_CASES = [
     ("test_cap_below_an_episode", changed(datasets__fashion_mnist__max_images_per_class={"test": 10}),
      "config key 'datasets.fashion_mnist.max_images_per_class.test' = 10 is below protocols.fewshot_5way's n_shot + n_query = 16"),
     ("verify_not_a_boolean", changed(datasets__fashion_mnist__verify="maybe"), "config key 'datasets.fashion_mnist.verify'"),
+    ("unknown_backbone", changed(datasets__fashion_mnist__backbone={"name": "vgg"}),
+     "unknown backbone 'vgg' (config key 'datasets.fashion_mnist.backbone.name'); valid backbones: small_cnn, resnet18,"),
+    ("backbone_without_a_name", changed(datasets__fashion_mnist__backbone="small_cnn"),
+     "config key 'datasets.fashion_mnist.backbone' must be a mapping with a name, e.g. {name: small_cnn}, got 'small_cnn'"),
 ]
 SNAKEMAKE_CASES = ("seeds_not_a_list", "unknown_dataset_key", "parameter_of_wrong_type", "more_ways_than_classes",
                    "intra_without_hierarchy")

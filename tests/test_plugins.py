@@ -1,6 +1,7 @@
 """Plug-ins (fgbench.plugins): entry points extend the method, dataset and backbone registries;
 examples/plugin installs offline and runs in a workflow beside built-in methods."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,6 @@ from fgbench.errors import ConfigError, PluginError
 from fgbench.evaluate.units import load_units
 from fgbench.methods import base, get_method_class, list_methods
 from fgbench.models import BACKBONES, get_backbone
-from fgbench.testing import check_method
 from test_workflow import snakemake, tiny_config, write_config
 
 
@@ -139,11 +139,18 @@ def installed_example(tmp_path_factory):
     return target
 
 
-def test_the_example_plugin_keeps_the_contract_and_its_params_are_validated(installed_example, monkeypatch, registries):
+def test_the_example_plugins_own_tests_pass_once_installed(installed_example):
+    """Its README's `python -m pytest examples/plugin/tests`: the contract checks
+    (fgbench.testing.check_method) and the loss against CosFace's formula."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "examples/plugin/tests")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_example), str(REPO / "pkg")])})
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_the_example_plugins_params_are_validated_as_a_built_ins(installed_example, monkeypatch, registries):
     monkeypatch.syspath_prepend(installed_example)
     cosface = get_method_class("cosface")
-    assert cosface.name == "cosface" and "cosface" in list_methods()
-    check_method(cosface, {"margin": 0.2, "scale": 16.0})
+    assert cosface.name == "cosface" and "cosface" in list_methods() and cosface.__module__ == "fgbench_cosface"
     cfg = {"benchmark": {"fashion_mnist": {"open_set": ["cosface", "triplet"]}}, "protocols": {"retrieval": {}}}
     assert validate({**cfg, "methods": {"cosface": {"params": {"margin": 0.2}}}})["methods"]["cosface"]["embed_layer"] == ["head"]
     with pytest.raises(ConfigError, match="config key 'methods.cosface.params.margin' must be of type float, got the text 'big'"):
@@ -157,7 +164,7 @@ def test_the_example_plugin_keeps_the_contract_and_its_params_are_validated(inst
 def test_the_example_plugin_runs_in_a_workflow_beside_a_built_in_method(installed_example, tmp_path, monkeypatch):
     """pip install examples/plugin, and `methods: {cosface: ...}` is a method like any other: trained,
     embedded, evaluated on the same episodes and in the summary table."""
-    monkeypatch.setenv("PYTHONPATH", f"{installed_example}:{REPO / 'pkg'}")  # Snakemake and every fgbench job see it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(installed_example), str(REPO / "pkg")]))  # Snakemake and every fgbench job see it
     fashion = write_fashion(tmp_path / "fashion", n_train=30, n_test=20)
     cfg = tiny_config(fashion, combinations=[], benchmark={"fashion_mnist": {"open_set": ["triplet", "cosface"]}})
     cfg["datasets"]["fashion_mnist"]["verify"] = False  # synthetic files
@@ -177,7 +184,7 @@ def test_the_example_plugin_runs_in_a_workflow_beside_a_built_in_method(installe
 
 def test_a_colliding_plugin_stops_the_workflow_before_any_job(tmp_path, monkeypatch):
     site = fake_distribution(tmp_path / "site", "my-triplet", {plugins.METHODS: {"triplet": "absent:X"}})
-    monkeypatch.setenv("PYTHONPATH", f"{site}:{REPO / 'pkg'}")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(REPO / "pkg")]))
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     proc = snakemake(write_config(tmp_path / "run", cfg), "-n", check=False)
     assert proc.returncode != 0
