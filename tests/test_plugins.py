@@ -13,8 +13,8 @@ import yaml
 
 from conftest import REPO, write_fashion
 from fgbench import plugins
-from fgbench.config import validate
-from fgbench.data import DATASETS, get_dataset
+from fgbench.config import prepare_spec, validate
+from fgbench.data import DATASETS, get_dataset, load_prepared, prepare
 from fgbench.errors import ConfigError, PluginError
 from fgbench.evaluate.units import load_units
 from fgbench.methods import base, get_method_class, list_methods
@@ -119,7 +119,9 @@ def test_plugin_datasets_and_backbones_pass_config_validation_and_build(tmp_path
     resolved = validate(cfg)
     assert resolved["datasets"]["tiny_data"]["view_augment"] == "crop_flip"  # the plug-in's TRANSFORMS
     assert get_backbone("tiny_net", width=4).out_dim == 4
-    assert get_dataset("tiny_data").SETTINGS["open_set"]["test_classes"] == [2, 3]
+    prepare("tiny_data", prepare_spec(resolved, "tiny_data"), tmp_path / "data.npz")  # what `fgbench prepare` runs
+    data = load_prepared(tmp_path / "data.npz")
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [36, 4, 20] and data.coarse_names == ["x", "y"]
     with pytest.raises(ConfigError, match=r"unknown backbone 'tiny_nett' \(config key 'datasets.tiny_data.backbone.name'\); "
                                           "valid backbones: small_cnn, .*, tiny_net"):
         validate({**cfg, "datasets": {"tiny_data": {"backbone": {"name": "tiny_nett"}}}})
@@ -142,12 +144,13 @@ def installed_example(tmp_path_factory):
 def test_the_example_plugins_own_tests_pass_once_installed(installed_example):
     """Its README's `python -m pytest examples/plugin/tests`: the contract checks
     (fgbench.testing.check_method) and the loss against CosFace's formula."""
+    path = os.pathsep.join([str(installed_example), str(REPO / "pkg")])
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "examples/plugin/tests")],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_example), str(REPO / "pkg")])})
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_the_example_plugins_params_are_validated_as_a_built_ins(installed_example, monkeypatch, registries):
+def test_the_example_plugins_params_are_validated_like_built_in_ones(installed_example, monkeypatch, registries):
     monkeypatch.syspath_prepend(installed_example)
     cosface = get_method_class("cosface")
     assert cosface.name == "cosface" and "cosface" in list_methods() and cosface.__module__ == "fgbench_cosface"
