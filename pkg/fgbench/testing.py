@@ -14,7 +14,8 @@ training set's batches at every epoch, then ``training_step`` and an optimiser s
 ``embed(images, layer)`` in eval mode; save ``state_dict`` in checkpoints and
 ``inference_state`` in ``model.pt``. The training set is one fixed batch (``fixed_batch``:
 28x28 grey images whose class is a bright row) on a tiny backbone (``SmallCNN``), so a check
-takes about a second on a CPU. The optimiser is Adam over ``param_groups()``.
+takes about a second on a CPU. The optimiser is Adam over ``param_groups()``; a method's own
+``batch_sampler`` is not exercised (the training set is that one batch).
 
 - ``check_builds``: the class's declarations are valid, config validation accepts ``params``
   (names and types, as ``fgbench.config.validate``) and the class builds from them.
