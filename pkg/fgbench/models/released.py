@@ -329,8 +329,7 @@ def group_keys(keys) -> list:
         parts = key.split(".")
         stop = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
         groups.setdefault(".".join(parts[:max(stop, 1)]), []).append(key)
-    return [members[0] if members == [prefix] else f"{prefix}.* ({len(members)} key{'s' if len(members) > 1 else ''})"
-            for prefix, members in groups.items()]
+    return [members[0] if len(members) == 1 else f"{prefix}.* ({len(members)} keys)" for prefix, members in groups.items()]
 
 
 def convert(release: str, saved, method, source: str = "checkpoint") -> dict:
@@ -381,8 +380,7 @@ def convert(release: str, saved, method, source: str = "checkpoint") -> dict:
 
 
 def _mismatch_message(spec, method, source, missing, unexpected, mismatched) -> str:
-    lines = [f"{source} (release '{spec.name}') does not fit fgbench method '{method.name}' "
-             f"(backbone {type(method.backbone).__name__}):"]
+    lines = [f"{source} (release '{spec.name}') does not fit fgbench method '{method.name}':"]
     if missing:
         lines.append(f"  missing, no release key maps to them: {', '.join(group_keys(missing))}")
     if unexpected:
