@@ -270,9 +270,11 @@ def revdml_release():
 
 
 def revdml_checkpoint(path, release, logger_module):
-    # evaluation's set_checkpoint: {'state_dict', 'opt', 'progress', 'aux'}
+    # evaluation's set_checkpoint: {'state_dict', 'opt', 'progress', 'aux'}, in the pre-1.6 (non-zip)
+    # format the release's PyTorch wrote
     opt = argparse.Namespace(arch="resnet50_frozen_normalize", embed_dim=128, loss="triplet")
-    torch.save({"state_dict": release.state_dict(), "opt": opt, "progress": logger_module.LOGGER(), "aux": None}, path)
+    torch.save({"state_dict": release.state_dict(), "opt": opt, "progress": logger_module.LOGGER(), "aux": None}, path,
+               _use_new_zipfile_serialization=False)
     for name in ("utilities.logger", "utilities"):
         del sys.modules[name]
     return release
@@ -472,3 +474,15 @@ def test_every_release_names_its_code_and_methods():
     assert set(RELEASES) == {"ancor", "scgm_g", "scgm_a", "revdml", "lsd", "stml", "vmf"}
     for release in RELEASES.values():
         assert "/" in release.code and release.methods and release.layouts[-1].signature is None
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_objects_beside_the_weights_are_read_as_inert_stand_ins(tmp_path, revdml_logger_module, zip_format):
+    saved = {"state_dict": {"w": torch.arange(3.0)}, "opt": argparse.Namespace(lr=1e-5),
+             "progress": revdml_logger_module.LOGGER()}
+    torch.save(saved, tmp_path / "c.pth", _use_new_zipfile_serialization=zip_format)
+    del sys.modules["utilities.logger"]
+    loaded = read_checkpoint(tmp_path / "c.pth")
+    assert torch.equal(loaded["state_dict"]["w"], torch.arange(3.0))
+    assert type(loaded["opt"]).__name__ == "Namespace" and loaded["opt"].state == {"lr": 1e-5}
+    assert type(loaded["progress"]).__module__ == "utilities.logger" and not hasattr(loaded["progress"], "prop")

@@ -20,11 +20,11 @@ has and no release does (listed by ``kept_as_built``): anything else stops with 
 release was expected to have. Nothing is ever loaded with ``strict=False``.
 """
 
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import pickle
 
 import torch
 from torch import nn
@@ -206,19 +206,40 @@ class _Opaque:
         self.state = state
 
 
-def _opaque_globals(path) -> list:
-    """(stub class, name) for every global of the file that ``weights_only`` refuses."""
-    stubs = []
-    for name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
-        module, _, qualname = name.rpartition(".")
-        stubs.append((type(qualname, (_Opaque,), {"__module__": module}), name))
-    return stubs
+def _opaque(name: str) -> tuple:
+    """(stub class, name) for the global ``name`` (``module.qualname``) of a checkpoint."""
+    module, _, qualname = name.rpartition(".")
+    return type(qualname, (_Opaque,), {"__module__": module}), name
+
+
+def _refused_globals(path) -> list:
+    """The globals ``weights_only`` refuses in a zip checkpoint (none listed for the legacy format,
+    whose refusals are read one by one from the error instead)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (ValueError, RuntimeError):
+        return []
+
+
+def _load_with_stubs(path, max_globals: int = 100):
+    """``torch.load(weights_only=True)`` with every refused global replaced by an inert stand-in."""
+    names = _refused_globals(path)
+    for _ in range(max_globals):
+        try:
+            with torch.serialization.safe_globals([_opaque(n) for n in names]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            refused = re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))
+            if not refused or refused[0] in names:
+                raise
+            names.append(refused[0])
+    raise pickle.UnpicklingError(f"more than {max_globals} classes pickled beside the weights")
 
 
 def read_checkpoint(path):
-    """What ``torch.save`` wrote to ``path``, read with ``weights_only``: tensors and plain data
-    only. Objects the releases pickle beside the weights (RevDML's training logger and options)
-    come back as inert stand-ins, so no code of the file runs."""
+    """What ``torch.save`` wrote to ``path`` (zip or legacy format), read with ``weights_only``:
+    tensors and plain data only. Objects the releases pickle beside the weights (RevDML's training
+    logger and options) come back as inert stand-ins, so no code of the file runs."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"released checkpoint {path} does not exist; give the path of the release's weights file")
@@ -226,9 +247,8 @@ def read_checkpoint(path):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            with torch.serialization.safe_globals(_opaque_globals(path)):
-                return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, legacy non-zip format damaged, ...: the message says which
+            return _load_with_stubs(path)
+    except Exception as e:  # truncated zip, damaged pickle, ...: the message says which
         raise CheckpointError(f"released checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
                               "give a file written by torch.save") from e
 
