@@ -116,6 +116,16 @@ class MomentumModel(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros(num_classes, dtype=torch.long))
 
 
+def assert_embeds_as_query_encoder(method, encoder_q):
+    """fgbench's head and logits layers give the release query encoder's (embedding, logits)."""
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        e, logits = encoder_q(x)
+        method.eval()
+        torch.testing.assert_close(method.embed(x, "head"), e)
+        torch.testing.assert_close(method.embed(x, "logits"), logits)
+
+
 def ancor_checkpoint(path, num_classes=17):
     """A checkpoint as ANCOR's train.py save_checkpoint writes it: the DDP model's state dict."""
     model = randomised(MomentumModel(SequentialFC(2048, 128, num_classes), num_classes))
@@ -146,12 +156,7 @@ def test_ancor_living17_resnet50_ddp_checkpoint_loads_and_embeds_as_released(anc
     assert_same_state(method.projector.state_dict(), {"0.weight": fc[0].weight, "0.bias": fc[0].bias,
                                                       "2.weight": fc[2].fc1.weight, "2.bias": fc[2].fc1.bias})
     assert_same_state(method.classifier.state_dict(), fc[2].fc2.state_dict())
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        e, logits = release.encoder_q(x)
-        method.eval()
-        torch.testing.assert_close(method.embed(x, "head"), e)
-        torch.testing.assert_close(method.embed(x, "logits"), logits)
+    assert_embeds_as_query_encoder(method, release.encoder_q)
 
 
 def test_ancor_resnet12_checkpoint_behind_normalize(tmp_path):
@@ -184,12 +189,7 @@ def test_scgm_a_bare_state_dict(tmp_path):
     head = release.encoder_q.fc[2]
     assert torch.equal(method.mu_y, head.mu_y) and torch.equal(method.mu_z, head.mu_z)
     assert_same_state(method.backbone.net.state_dict(), state_of(release.encoder_q))
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        e, logits = release.encoder_q(x)
-        method.eval()
-        torch.testing.assert_close(method.embed(x, "head"), e)
-        torch.testing.assert_close(method.embed(x, "logits"), logits)
+    assert_embeds_as_query_encoder(method, release.encoder_q)
 
 
 # --- SCGM-G ---------------------------------------------------------------------------------------

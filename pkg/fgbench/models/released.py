@@ -380,9 +380,9 @@ def convert(release: str, saved, method, source: str = "checkpoint") -> dict:
         mapped[owner_prefix + target], origin[owner_prefix + target] = value, key
     expected = method.state_dict()
     for fgbench_key, entries in layout.extras:
-        found = [saved[e] for e in entries if isinstance(saved, Mapping) and e in saved]
+        found = [e for e in entries if isinstance(saved, Mapping) and e in saved]
         if fgbench_key in expected and found:
-            mapped[fgbench_key], origin[fgbench_key] = torch.as_tensor(float(found[0])), entries[0]
+            mapped[fgbench_key], origin[fgbench_key] = torch.as_tensor(float(saved[found[0]])), found[0]
     unexpected += [origin[k] for k in mapped if k not in expected]
     kept = kept_as_built(method)
     missing = [k for k in expected if k not in mapped and k not in kept]
