@@ -468,6 +468,8 @@ def test_release_method_and_file_errors(tmp_path):
 def test_group_keys():
     keys = ["backbone.net.layer4.0.conv1.weight", "backbone.net.layer4.2.bn3.bias", "head.weight", "mu_y", "queue"]
     assert group_keys(keys) == ["backbone.net.layer4.* (2 keys)", "head.weight", "mu_y", "queue"]
+    assert group_keys([f"block{i}.weight" for i in range(5)], most=3) == [
+        "block0.weight", "block1.weight", "block2.weight", "... 2 more groups"]
 
 
 def test_every_release_names_its_code_and_methods():

@@ -342,14 +342,53 @@ def _resolve_aliases(layout: Layout, state: dict, source: str) -> dict:
     return state
 
 
-def group_keys(keys) -> list:
+def group_keys(keys, most: int = 16) -> list:
     """Keys grouped by prefix for messages: ``backbone.net.layer4.* (48 keys)``; a lone key as is."""
     groups = {}
     for key in keys:
         parts = key.split(".")
         stop = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
         groups.setdefault(".".join(parts[:max(stop, 1)]), []).append(key)
-    return [members[0] if len(members) == 1 else f"{prefix}.* ({len(members)} keys)" for prefix, members in groups.items()]
+    listed = [members[0] if len(members) == 1 else f"{prefix}.* ({len(members)} keys)" for prefix, members in groups.items()]
+    return listed if len(listed) <= most else listed[:most] + [f"... {len(listed) - most} more groups"]
+
+
+def _rename_state(layout: Layout, state: dict, prefix: str, trunk: str) -> tuple:
+    """(fgbench key -> tensor, fgbench key -> release key, release keys no rule maps); keys a
+    layout drops are left out, and a second key onto an fgbench key already filled is unmapped."""
+    mapped, origin, unmapped = {}, {}, []
+    for key, value in state.items():
+        if any(_matches(dropped, key) for dropped, _ in layout.dropped):
+            continue
+        target = _rename(layout.rules, key, trunk)
+        if target is None or prefix + target in mapped:
+            unmapped.append(key)
+            continue
+        mapped[prefix + target], origin[prefix + target] = value, key
+    return mapped, origin, unmapped
+
+
+def _extras(layout: Layout, saved, expected: dict) -> dict:
+    """fgbench key -> (tensor, entry) for state a release keeps beside its state dict."""
+    found = {}
+    for fgbench_key, entries in layout.extras:
+        present = [e for e in entries if isinstance(saved, Mapping) and e in saved]
+        if fgbench_key in expected and present:
+            found[fgbench_key] = torch.as_tensor(float(saved[present[0]])), present[0]
+    return found
+
+
+def _shape_mismatches(mapped: dict, origin: dict, expected: dict) -> list:
+    """Reshape one-element tensors to fgbench's shape (vMF's temperature is (1, 1), fgbench's a
+    scalar) in place; describe every other shape that differs."""
+    mismatched = []
+    for key in [k for k in mapped if k in expected]:
+        value, want = mapped[key], expected[key]
+        if value.shape != want.shape and value.numel() == want.numel() == 1:
+            mapped[key] = value = value.reshape(want.shape)
+        if value.shape != want.shape:
+            mismatched.append(f"{key} (release {origin[key]} {tuple(value.shape)}, fgbench {tuple(want.shape)})")
+    return mismatched
 
 
 def convert(release: str, saved, method, source: str = "checkpoint") -> dict:
@@ -366,34 +405,16 @@ def convert(release: str, saved, method, source: str = "checkpoint") -> dict:
                               f"not '{method.name}'; {spec.describe()}")
     state = release_state(spec, saved, source)
     layout = _pick_layout(spec, state)
-    state = _resolve_aliases(layout, state, source)
     owner, owner_prefix = embedding_owner(method)
-    trunk = trunk_prefix(owner)
-    mapped, origin, unexpected = {}, {}, []
-    for key, value in state.items():
-        if any(_matches(prefix, key) for prefix, _ in layout.dropped):
-            continue
-        target = _rename(layout.rules, key, trunk)
-        if target is None:
-            unexpected.append(key)
-            continue
-        mapped[owner_prefix + target], origin[owner_prefix + target] = value, key
+    mapped, origin, unexpected = _rename_state(layout, _resolve_aliases(layout, state, source), owner_prefix,
+                                               trunk_prefix(owner))
     expected = method.state_dict()
-    for fgbench_key, entries in layout.extras:
-        found = [e for e in entries if isinstance(saved, Mapping) and e in saved]
-        if fgbench_key in expected and found:
-            mapped[fgbench_key], origin[fgbench_key] = torch.as_tensor(float(saved[found[0]])), found[0]
+    for key, (value, entry) in _extras(layout, saved, expected).items():
+        mapped[key], origin[key] = value, entry
     unexpected += [origin[k] for k in mapped if k not in expected]
     kept = kept_as_built(method)
     missing = [k for k in expected if k not in mapped and k not in kept]
-    mismatched = []
-    for key in [k for k in mapped if k in expected]:
-        value, want = mapped[key], expected[key]
-        if value.shape != want.shape and value.numel() == want.numel() == 1:
-            value = value.reshape(want.shape)  # vMF's temperature is (1, 1), fgbench's a scalar
-        if value.shape != want.shape:
-            mismatched.append(f"{key} (release {origin[key]} {tuple(value.shape)}, fgbench {tuple(want.shape)})")
-        mapped[key] = value
+    mismatched = _shape_mismatches(mapped, origin, expected)
     if missing or unexpected or mismatched:
         raise CheckpointError(_mismatch_message(spec, method, source, missing, unexpected, mismatched))
     return {k: v for k, v in mapped.items() if k in expected}
