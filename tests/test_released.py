@@ -192,6 +192,22 @@ def test_scgm_a_bare_state_dict(tmp_path):
     assert_embeds_as_query_encoder(method, release.encoder_q)
 
 
+def test_moco_v2_checkpoint_loads_query_encoder_and_projector(tmp_path):
+    # facebookresearch/moco moco/builder.py: encoder_q = base_encoder(num_classes=dim), fc replaced by
+    # Sequential(Linear, ReLU, fc) with --mlp; queue (dim, K), queue_ptr (1,); main_moco.py saves the DDP state dict
+    release = MomentumModel(nn.Linear(512, 128), 1, arch="resnet18")
+    release.queue, release.queue_ptr = F.normalize(torch.randn(128, 8), dim=0), torch.zeros(1, dtype=torch.long)
+    release = randomised(release).eval()
+    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": DDP(release).state_dict()},
+               tmp_path / "checkpoint_0799.pth.tar")
+    method = build("moco", backbone="resnet18", queue_size=8)
+    load_released(method, "moco", tmp_path / "checkpoint_0799.pth.tar")
+    assert_same_state(method.backbone.net.state_dict(), state_of(release.encoder_q))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(method.eval().embed(x, "head"), release.encoder_q(x))
+
+
 # --- SCGM-G ---------------------------------------------------------------------------------------
 
 class ScgmGResNet(nn.Module):
@@ -295,7 +311,8 @@ def test_revdml_checkpoint_with_pickled_logger_loads_without_running_its_code(tm
 
 
 def test_lsd_net_epoch_file_loads_into_the_wrapped_base_method(tmp_path, revdml_release):
-    # ZelongZeng/...Listwise-Self-distillation main.py save_network: torch.save(network.cpu().state_dict(), 'net_149.pth')
+    # ZelongZeng/Improving-Generalization-of-Metric-Learning-via-Listwise-Self-distillation main.py
+    # save_network: torch.save(network.cpu().state_dict(), 'net_149.pth')
     release = revdml_release
     torch.save(release.state_dict(), tmp_path / "net_149.pth")
     method = build("lsd", num_classes=100, base_loss="margin")
@@ -377,7 +394,8 @@ class NDigitMNISTArch(nn.Module):
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(784, 120), nn.BatchNorm1d(120), nn.ReLU(), nn.Linear(120, dim), nn.Linear(dim, num_classes, bias=False))
+            nn.Linear(784, 120), nn.BatchNorm1d(120), nn.ReLU(),
+            nn.Linear(120, dim), nn.Linear(dim, num_classes, bias=False))
 
 
 def vmf_checkpoint(path, arch, z_kappa_mult):
@@ -454,14 +472,15 @@ def test_release_method_and_file_errors(tmp_path):
     method = build("triplet", num_classes=10)
     with pytest.raises(CheckpointError, match="release 'ancor' loads into fgbench method ancor, not 'triplet'"):
         convert("ancor", {}, method)
-    with pytest.raises(ConfigError, match="valid releases: ancor, scgm_g, scgm_a, revdml, lsd, stml, vmf"):
+    with pytest.raises(ConfigError, match="valid releases: ancor, moco, scgm_g, scgm_a, revdml, lsd, stml, vmf"):
         convert("moco_v3", {}, method)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_released(method, "revdml", tmp_path / "missing.pth")
     (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_released(method, "revdml", tmp_path / "broken.pth")
-    with pytest.raises(CheckpointError, match=r"entries \['epoch', 'weights'\], no state dict of tensors under \['state_dict'\]"):
+    with pytest.raises(CheckpointError, match=r"entries \['epoch', 'weights'\], no state dict of tensors under "
+                                              r"\['state_dict'\]"):
         convert("revdml", {"epoch": 3, "weights": [1, 2]}, method)
 
 
@@ -473,7 +492,7 @@ def test_group_keys():
 
 
 def test_every_release_names_its_code_and_methods():
-    assert set(RELEASES) == {"ancor", "scgm_g", "scgm_a", "revdml", "lsd", "stml", "vmf"}
+    assert set(RELEASES) == {"ancor", "moco", "scgm_g", "scgm_a", "revdml", "lsd", "stml", "vmf"}
     for release in RELEASES.values():
         assert "/" in release.code and release.methods and release.layouts[-1].signature is None
 

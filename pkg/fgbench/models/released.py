@@ -104,6 +104,18 @@ RELEASES = {release.name: release for release in (
                    ("encoder_q.fc.fc2.", "classifier."), ("encoder_q.", "{trunk}")),
             dropped=_KEY_ENCODER),)),
     Release(
+        name="moco", methods=("moco",), backbones=("resnet50", "resnet18"),
+        code="facebookresearch/moco: moco/builder.py, main_moco.py",
+        saved="main_moco.py's save_checkpoint: {'epoch', 'arch', 'state_dict', 'optimizer'} (checkpoint_NNNN.pth.tar), "
+              "the DistributedDataParallel model's state dict (keys start with 'module.')",
+        state_keys=("state_dict",),
+        layouts=(Layout(
+            keys="encoder_q.{conv1,bn1,layer1-4}.* (torchvision ResNet), encoder_q.fc.0.* + encoder_q.fc.2.* "
+                 "(MoCo v2's --mlp projector) or encoder_q.fc.* (v1), encoder_k.*, queue, queue_ptr",
+            rules=(("encoder_q.fc.0.", "projector.0."), ("encoder_q.fc.2.", "projector.2."),
+                   ("encoder_q.fc.", "projector."), ("encoder_q.", "{trunk}")),
+            dropped=_KEY_ENCODER),)),
+    Release(
         name="scgm_g", methods=("scgm_g",), backbones=("resnet50",),
         code="nijingchao/SCGM: train_scgm_g.py, scgm_g/scgm_resnet.py",
         saved="train_scgm_g.py's torch.save(net.module.state_dict(), 'pretrain_model/scgm_g_{dataset}.pth'), "
@@ -155,7 +167,7 @@ RELEASES = {release.name: release for release in (
             keys="model.{conv1,bn1,layer1-4}.* (torchvision ResNet), model.fc.* (ImageNet classifier, unused), "
                  "model.embedding_f.* (the evaluated embedding f), model.embedding_g.* (g)",
             rules=(("model.embedding_f.", "head."), ("model.embedding_g.", "head_g."), ("model.", "{trunk}")),
-            dropped=(("model.fc.", "torchvision's ImageNet classifier, kept by the release but unused by its forward"),)),
+            dropped=(("model.fc.", "torchvision's ImageNet classifier, kept by the release, unused by its forward"),)),
         )),
     Release(
         name="vmf", methods=("vmf", "cosine_softmax", "softmax"), backbones=("resnet50", "small_cnn"),
@@ -349,7 +361,8 @@ def group_keys(keys, most: int = 16) -> list:
         parts = key.split(".")
         stop = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
         groups.setdefault(".".join(parts[:max(stop, 1)]), []).append(key)
-    listed = [members[0] if len(members) == 1 else f"{prefix}.* ({len(members)} keys)" for prefix, members in groups.items()]
+    listed = [members[0] if len(members) == 1 else f"{prefix}.* ({len(members)} keys)"
+              for prefix, members in groups.items()]
     return listed if len(listed) <= most else listed[:most] + [f"... {len(listed) - most} more groups"]
 
 
