@@ -434,16 +434,17 @@ def convert(release: str, saved, method, source: str = "checkpoint") -> dict:
 
 
 def _mismatch_message(spec, method, source, missing, unexpected, mismatched) -> str:
-    lines = [f"{source} (release '{spec.name}') does not fit fgbench method '{method.name}':"]
+    """One line: what is missing, what is left over, which shapes differ, and the layout expected."""
+    parts = [f"{source} (release '{spec.name}') does not fit fgbench method '{method.name}'"]
     if missing:
-        lines.append(f"  missing, no release key maps to them: {', '.join(group_keys(missing))}")
+        parts.append(f"missing, no release key maps to them: {', '.join(group_keys(missing))}")
     if unexpected:
-        lines.append(f"  unexpected, no rule maps them: {', '.join(group_keys(unexpected))}")
+        parts.append(f"unexpected, no rule maps them: {', '.join(group_keys(unexpected))}")
     if mismatched:
-        lines.append(f"  shapes differ: {'; '.join(mismatched[:6])}" + (" ..." if len(mismatched) > 6 else ""))
-    lines.append(f"expected: {spec.describe()}; check the release name, the file, and the method's backbone and "
+        parts.append(f"shapes differ: {', '.join(mismatched[:6])}" + (" ..." if len(mismatched) > 6 else ""))
+    parts.append(f"expected: {spec.describe()}; check the release name, the file, and the method's backbone and "
                  "params (embedding_dim, mlp, number of classes)")
-    return "\n".join(lines)
+    return "; ".join(parts)
 
 
 def load_released(method, release: str, path) -> None:
