@@ -177,6 +177,8 @@ def test_ancor_resnet12_checkpoint_behind_normalize(tmp_path):
     assert_same_state({k: v for k, v in loaded.items() if k in rfs}, rfs)
     assert torch.equal(method.backbone.mean.flatten(), torch.tensor([0.5] * 3))  # kept as fgbench built it
     torch.testing.assert_close(method.classifier.weight, head[2].fc2.weight, rtol=0, atol=0)
+    # the release's network on inputs normalised as the release's transform does
+    assert_embeds_as_query_encoder(method, lambda x: head(trunk.eval()((x - 0.5) / 0.25)))
 
 
 def test_scgm_a_bare_state_dict(tmp_path):
