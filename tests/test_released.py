@@ -21,7 +21,7 @@ from torch import nn
 from fgbench.errors import CheckpointError, ConfigError
 from fgbench.methods import build_method
 from fgbench.models import Normalize, get_backbone
-from fgbench.models.released import RELEASES, convert, group_keys, load_released, read_checkpoint
+from fgbench.models.released import RELEASES, convert, group_keys, kept_as_built, load_released, read_checkpoint
 
 TRUNK = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
@@ -484,6 +484,15 @@ def test_release_method_and_file_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"entries \['epoch', 'weights'\], no state dict of tensors under "
                                               r"\['state_dict'\]"):
         convert("revdml", {"epoch": 3, "weights": [1, 2]}, method)
+
+
+def test_state_no_release_has_is_kept_as_built():
+    lsd = build("lsd", backbone="small_cnn", num_classes=5, base_loss="margin")
+    assert kept_as_built(lsd) == {"base.loss.beta": "loss parameters"}  # RevDML/LSD save the network only
+    assert kept_as_built(build("proxynca", backbone="small_cnn", num_classes=5)) == {"loss.proxies": "loss parameters"}
+    stml = build("stml", backbone="small_cnn")
+    assert set(kept_as_built(stml)) == {k for k in stml.state_dict() if k.startswith(("teacher_backbone.",
+                                                                                        "teacher_head_g."))}
 
 
 def test_group_keys():
