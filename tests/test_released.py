@@ -12,6 +12,7 @@ import copy
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -404,7 +405,8 @@ def vmf_checkpoint(path, arch, z_kappa_mult):
     # vmf_embeddings/utils.py save_model
     optimizer = torch.optim.SGD(arch.parameters(), lr=0.1, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=15)
-    torch.save({"epoch": 41, "best_epoch": {"epoch": 41, "train_loss": 0.4, "valid_acc": 0.93},
+    # best_epoch's train_loss is np.mean(losses) in main.py: a numpy scalar beside the weights
+    torch.save({"epoch": 41, "best_epoch": {"epoch": 41, "train_loss": np.float64(0.4), "valid_acc": 0.93},
                 "arch_state_dict": arch.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
                 "scheduler_state_dict": scheduler.state_dict(), "z_kappa_mult": z_kappa_mult}, path)
 
