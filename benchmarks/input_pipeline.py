@@ -74,13 +74,20 @@ def write_folder(folder: Path, count: int, seed: int = 0) -> list:
     return names
 
 
-def per_second(read_batch, count: int, batch: int = 32) -> float:
-    """Images per second of ``read_batch(indices)`` over the first ``count`` images, after a warm-up batch."""
-    read_batch(list(range(min(batch, count))))
-    start = time.perf_counter()
+def per_second(pipelines: dict, count: int, batch: int = 32) -> dict:
+    """Images per second of each ``read_batch(indices)`` in ``pipelines`` over the first ``count``
+    images, after a warm-up batch. The pipelines take turns batch by batch, so a change in the
+    machine's load (it is shared) slows them alike and the ratios stay fair."""
+    seconds = dict.fromkeys(pipelines, 0.0)
+    for read_batch in pipelines.values():
+        read_batch(list(range(min(batch, count))))
     for i in range(0, count, batch):
-        read_batch(list(range(i, min(i + batch, count))))
-    return count / (time.perf_counter() - start)
+        indices = list(range(i, min(i + batch, count)))
+        for name, read_batch in pipelines.items():
+            start = time.perf_counter()
+            read_batch(indices)
+            seconds[name] += time.perf_counter() - start
+    return {name: count / s for name, s in seconds.items()}
 
 
 def crop_flip():
@@ -139,16 +146,17 @@ def main():
         count = min(args.measure, len(names))
         labels = torch.zeros(len(names), dtype=torch.long)
         augment = build_augment("moco_v2", SIZE)
-        rows = {}
+        rows, load = {}, os.getloadavg()[0]
         for views in (1, 2):
-            file_path = ImageDataset(files, labels, augment, views=views)
-            rows[("file", views)] = per_second(file_path.__getitems__, count)
-            rows[("store", views)] = per_second(uint8_views(store.__getitem__, views), count)
-            rows[("store as JPEG q95", views)] = per_second(
-                uint8_views(lambda i: decode_image(io.BytesIO(blobs[i]), str(i), ""), views), count)
-            rows[("floor", views)] = per_second(uint8_views(files.__getitem__, views), count)
+            pipelines = {
+                "file": ImageDataset(files, labels, augment, views=views).__getitems__,
+                "store": uint8_views(store.__getitem__, views),
+                "store as JPEG q95": uint8_views(lambda i: decode_image(io.BytesIO(blobs[i]), str(i), ""), views),
+                "floor": uint8_views(files.__getitem__, views),
+            }
+            rows.update({(name, views): v for name, v in per_second(pipelines, count).items()})
     print(f"\n{count} images of {WIDTH}x{HEIGHT} (JPEG q90, {jpeg_bytes / 1e3:.0f} kB each), crops {SIZE}, "
-          f"1 process, 1 thread, load {os.getloadavg()[0]:.1f}")
+          f"1 process, 1 thread, load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"{'pipeline':20s} {'1 view img/s':>13s} {'2 views img/s':>14s}")
     for name in ("file", "store", "store as JPEG q95", "floor"):
         print(f"{name:20s} {rows[(name, 1)]:13.1f} {rows[(name, 2)]:14.1f}")
