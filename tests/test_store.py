@@ -1,10 +1,10 @@
 """The image store (fgbench.data.store): decoded once by prepare, read back exactly, refused when
 it does not match its image list, used by a tiny workflow on an ImageNet-layout folder."""
 
+import json
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -158,19 +158,21 @@ def test_prepare_writes_a_store_per_split_and_refuses_a_damaged_one(living17, tm
 @pytest.mark.workflow
 def test_tiny_workflow_reads_the_store(living17, tmp_path):  # noqa: F811
     """prepare builds the store once; train and embed read it (a missing store would stop them)."""
-    root = write_imagenet(tmp_path / "imagenet", living17, size=300)
+    root = write_imagenet(tmp_path / "imagenet", living17, size=280)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["benchmark"] = {"living17": {"coarse_to_fine": ["supervised_coarse"]}}
     cfg["datasets"] = {"living17": {"root": str(root), "hierarchy_dir": str(BREEDS_DIR), "store": "resized",
                                     "val_fraction": 1 / 3, "backbone": {"name": "small_cnn"}}}
     cfg["train"]["epochs"] = 1
     cfg["embed"]["views"] = 2
-    cfg["protocols"] = {"fewshot_5way": {"episodes": 20, "n_query": 1}}
+    cfg["protocols"] = {"fewshot_5way": {"episodes": 20, "n_query": 1, "n_aug": 2}}
     cfg["report"] = {**cfg.get("report", {}), "tsne": False}
+    cfg["combinations"] = []
     work = write_config(tmp_path / "work", cfg)
-    snakemake(work)
+    metrics = "results/metrics/living17/coarse_to_fine/supervised_coarse/seed0/fewshot_5way.json"
+    snakemake(work, metrics)  # prepare, train, embed (val and test), evaluate: what reads the store
     data = load_prepared(work / "results/data/living17/data.npz")
     assert all(isinstance(s.images, StoredImages) for s in data.splits.values())
-    summary = pd.read_csv(work / "results/tables/summary.csv")
-    row = summary.query("dataset == 'living17' and protocol == 'fewshot_5way' and method == 'supervised_coarse'")
-    assert len(row) >= 1 and row["mean"].between(0, 1).all()
+    assert data.splits["test"].images[0].shape == (256, 256, 3)
+    result = json.loads((work / metrics).read_text())
+    assert 0 <= result["mean"] <= 1, result
