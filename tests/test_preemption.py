@@ -23,9 +23,9 @@ from PIL import Image
 
 from conftest import REPO, prepared_fashion
 from fgbench import config as fgconfig
-from fgbench.data import SPLITS
+from fgbench.data import SPLITS, write_store
 from fgbench.data.images import ImageFiles
-from fgbench.data.store import StoredImages, build_store
+from fgbench.data.store import StoredImages
 from fgbench.data.transforms import build_augment
 from fgbench.evaluate.retrieval import nearest_neighbours, recall_at_k
 from fgbench.train import loop
@@ -67,8 +67,7 @@ def stored_data(data, tmp_path_factory):
         (folder / split).mkdir()
         for name, image in zip(names, arrays.pop(f"{split}_images")):
             Image.fromarray(image).save(folder / name)
-        meta = build_store(ImageFiles(folder, names), folder / f"{split}_store.u8", 32)
-        arrays.update({f"{split}_store": np.str_(f"{split}_store.u8"), **{f"{split}_store_{k}": v for k, v in meta.items()}})
+        arrays.update(write_store(ImageFiles(folder, names), folder / "data.npz", split, 32, threads=1))
     np.savez(folder / "data.npz", **arrays)
     assert isinstance(loop.load_prepared(folder / "data.npz").splits["train"].images, StoredImages)
     return folder / "data.npz"

@@ -233,7 +233,7 @@ def prepare(name: str, cfg: dict, out_path, threads: int = 1) -> None:
             arrays[f"{split_name}_paths"] = images.paths
             arrays[f"{split_name}_image_root"] = np.str_(str(images.root.absolute()))
             if cfg.get("store", "files") == "resized":
-                arrays.update(_write_store(images, out_path, split_name, cfg.get("store_size") or
+                arrays.update(write_store(images, out_path, split_name, cfg.get("store_size") or
                                            default_store_size(module.IMAGE_SIZE), threads))
         elif isinstance(images, EncodedImages):
             write_npy(images, Path(out_path).parent / side_name(out_path, split_name))
@@ -251,7 +251,7 @@ def prepare(name: str, cfg: dict, out_path, threads: int = 1) -> None:
             np.savez(f, **arrays)
 
 
-def _write_store(images: ImageFiles, out_path, split: str, size: int, threads: int) -> dict:
+def write_store(images: ImageFiles, out_path, split: str, size: int, threads: int) -> dict:
     """Build a split's image store next to ``out_path``; the ``data.npz`` entries that find and check it."""
     name = side_name(out_path, split, "store.u8")
     meta = build_store(images, Path(out_path).parent / name, size, threads)
