@@ -40,7 +40,7 @@ def cmd_prepare(args):
 
     spec = _spec(args.spec)
     ensure_writable(args.out)
-    prepare(spec["dataset"], spec, args.out)
+    prepare(spec["dataset"], spec, args.out, threads=args.threads)
 
 
 def cmd_rearrange_val(args):
@@ -300,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="read a dataset's official files, write the prepared .npz")
     s.add_argument("--spec", required=True, help="JSON: the dataset's config section plus 'dataset'")
     s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1, help="images decoded at once when building an image store")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("rearrange-val", help="sort the flat ImageNet val images into wnid folders (BREEDS)")

@@ -54,6 +54,11 @@ DATASET_DEFAULTS = {
     "split_seed": 0,
     "verify": True,  # md5 of the official files (Fashion-MNIST, MNIST, CIFAR); false: a modified copy
     "max_images_per_class": None,  # {train: n, val: n, test: n}: caps for quick runs and tests
+    # Datasets read as image files (BREEDS, CUB, Cars, SOP): files (decode the JPEGs in every
+    # epoch, as the releases) | resized (decoded once by prepare into a memory-mapped store,
+    # shorter side store_size; fgbench.data.store, docs/deviations.md)
+    "store": "files",
+    "store_size": None,  # the store's shorter side; None: the eval resize (256 for 224 crops)
     "backbone": {"name": "small_cnn"},
     "view_augment": None,  # few-shot support views; None: the dataset's default
     "eval_transform": None,  # plain features (e.g. BREEDS resize 256, centre crop 224); None: the dataset's
@@ -261,9 +266,25 @@ def _resolve_datasets(cfg: dict) -> dict:
             ds[key] = default if ds[key] is None else ds[key]
             _one_of(ds[key], _augment_names(), f"datasets.{name}.{key}")
         _one_of(ds["verify"], (True, False), f"datasets.{name}.verify")
+        _check_store(name, ds)
         _check_resources(ds["resources"], f"datasets.{name}.resources")
         resolved[name] = ds
     return resolved
+
+
+def _check_store(name: str, ds: dict):
+    from .data import get_dataset
+    from .data.store import KINDS
+
+    _one_of(ds["store"], KINDS, f"datasets.{name}.store")
+    module = get_dataset(name)
+    if ds["store"] == "resized" and not getattr(module, "READS_FILES", False):
+        raise ConfigError(f"config key 'datasets.{name}.store' is 'resized', but {name} is not read as image files "
+                          "(only BREEDS, cub200, cars196 and sop are; the others are arrays already); use 'files'")
+    size = ds["store_size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < module.IMAGE_SIZE):
+        raise ConfigError(f"config key 'datasets.{name}.store_size' must be null or an integer of at least the "
+                          f"crop size {module.IMAGE_SIZE}, got {size!r}")
 
 
 def _augment_names():
@@ -358,6 +379,8 @@ def prepare_spec(cfg: dict, dataset: str) -> dict:
     ds = cfg["datasets"][dataset]
     keys = ("root", "download_dir", "val_fraction", "val_classes", "split_seed", "max_images_per_class",
             "hierarchy_dir", "breeds_split", "val_root", "verify")
+    if ds["store"] != "files":  # a store changes the pixels; the file path leaves the spec (and data hashes) as before
+        keys += ("store", "store_size")
     return {"dataset": dataset, **{k: ds[k] for k in keys}}
 
 
