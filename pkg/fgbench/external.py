@@ -304,7 +304,7 @@ def _order(path, index, split_index) -> np.ndarray:
         raise DataError(f"{path}: 'index' does not cover the test split exactly: {len(index)} entries for {n} images, "
                         f"{int((counts > 1).sum())} repeated, {len(missing)} of the split's images missing "
                         f"(e.g. {missing[:5].tolist()}), {len(extra)} not in the split (e.g. {extra[:5].tolist()}); "
-                        "expected each image of the setting's test split once (fgbench.external.test_split)")
+                        "expected each image of the setting's test split once (fgbench.external.evaluation_split)")
     where = {int(v): i for i, v in enumerate(index)}
     return np.array([where[int(i)] for i in split_index], dtype=np.int64)
 
@@ -323,7 +323,7 @@ def _features(path, found, key: str, ndim: int, n: int, dim=None) -> np.ndarray:
     return values
 
 
-def test_split(data_path, dataset: str, setting: str):
+def evaluation_split(data_path, dataset: str, setting: str):
     """(images, index) of the test images a model is evaluated on in ``setting``: what a
     precomputed embeddings file must cover (``index``: each image's position in the official
     test split)."""

@@ -158,7 +158,9 @@ def _prefix_hint(loaded, expected) -> str:
     return ""
 
 
-def mismatch_message(path, missing, unexpected, expected, shapes=()) -> str:
+def mismatch_message(path, missing, unexpected, expected, loaded, shapes=()) -> str:
+    """Missing and unexpected keys grouped by prefix, the expected layout, and a hint when only a
+    leading prefix differs (the released checkpoints' key maps: fgbench.models.released)."""
     parts = []
     if missing:
         parts.append(f"missing {len(missing)} key(s): {_groups(missing)}")
@@ -166,7 +168,6 @@ def mismatch_message(path, missing, unexpected, expected, shapes=()) -> str:
         parts.append(f"unexpected {len(unexpected)} key(s): {_groups(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): " + ", ".join(shapes[:3]))
-    loaded = [*unexpected, *(k for k in expected if k not in missing)]
     return (f"{path} does not fit the model: {'; '.join(parts)}. Expected layout: {_groups(expected)}"
             + _prefix_hint(loaded, expected))
 
@@ -195,7 +196,7 @@ def load_strict(network: nn.Module, state: dict, path, key: str, optional=()) ->
     shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
-        raise ConfigError(f"config key '{key}': " + mismatch_message(path, missing, unexpected, list(expected), shapes))
+        raise ConfigError(f"config key '{key}': " + mismatch_message(path, missing, unexpected, list(expected), list(state), shapes))
     network.load_state_dict(state, strict=False)
 
 
