@@ -293,3 +293,42 @@ def test_evaluate_model_prints_rows_on_the_benchmark_episodes(data, resnet_file,
              for m in ("resnet18", "mine")}
     assert units["resnet18"]["draws_hash"] == units["mine"]["draws_hash"]
     assert len(units["mine"]["units"]["emb"]["accuracy"]) == 5
+
+
+@pytest.mark.workflow
+def test_models_beside_trained_methods_in_a_tiny_workflow(real_fashion, resnet_file, tmp_path):
+    """A torchvision ResNet-18 from a saved weights file and a precomputed embeddings file, beside
+    a trained method: same episodes (draws hashes), rows in the summary and the comparisons."""
+    import pandas as pd
+
+    from fgbench.config import prepare_spec
+    from fgbench.data import prepare
+    from fgbench.evaluate.units import load_units
+    from test_workflow import snakemake, tiny_config, write_config
+
+    cfg = tiny_config(real_fashion, combinations=[], benchmark={"fashion_mnist": {"coarse_to_fine": ["supervised_coarse"]}})
+    cfg["protocols"] = {"fewshot_5way": cfg["protocols"]["fewshot_5way"]}
+    cfg["report"] = {"tsne": False}
+    # the precomputed file covers the test split the workflow prepares (same prepare spec)
+    prepare("fashion_mnist", prepare_spec(validate(cfg), "fashion_mnist"), tmp_path / "data.npz")
+    images, index = evaluation_split(tmp_path / "data.npz", "fashion_mnist", "coarse_to_fine")
+    pixels = images[:].reshape(len(index), -1).astype(np.float32) / 255
+    views = np.repeat(pixels[:, None], 5, axis=1)
+    np.savez(tmp_path / "pixels.npz", index=index, features_pixels=pixels, aug_features_pixels=views)
+    cfg["models"] = {"resnet18_file": torchvision_entry(resnet_file),
+                     "raw_pixels": {"source": "embeddings", "path": str(tmp_path / "pixels.npz")}}
+    write_config(tmp_path / "run", cfg)
+    snakemake(tmp_path / "run", "results/tables/summary.csv", "results/tables/comparisons.csv")
+    metrics = tmp_path / "run/results/metrics/fashion_mnist/coarse_to_fine"
+    hashes = {m: load_units(metrics / m / "seed0/fewshot_5way.npz")["draws_hash"]
+              for m in ("supervised_coarse", "resnet18_file", "raw_pixels")}
+    assert len(set(hashes.values())) == 1, hashes
+    summary = pd.read_csv(tmp_path / "run/results/tables/summary.csv")
+    assert {"resnet18_file", "raw_pixels"} <= set(summary["method"])
+    pooled = summary.query("method == 'resnet18_file'")
+    assert set(pooled["layer"]) == {"pooled"} and pooled["mean"].between(0, 1).all()
+    comparisons = pd.read_csv(tmp_path / "run/results/tables/comparisons.csv", keep_default_na=False)
+    five_way = comparisons.query("protocol == 'fewshot_5way'").set_index("label")
+    assert {"resnet18_file (pooled)", "raw_pixels (pixels)"} <= set(five_way.index)
+    # paired with the trained baseline on the same episodes
+    assert five_way.loc["raw_pixels (pixels)", "test"] == "paired t over units"
