@@ -332,3 +332,17 @@ def test_models_beside_trained_methods_in_a_tiny_workflow(real_fashion, resnet_f
     assert {"resnet18_file (pooled)", "raw_pixels (pixels)"} <= set(five_way.index)
     # paired with the trained baseline on the same episodes
     assert five_way.loc["raw_pixels (pixels)", "test"] == "paired t over units"
+
+
+def test_timm_checkpoint_gives_the_models_pre_logits(data, tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False).eval()
+    torch.save(net.state_dict(), tmp_path / "timm.pt")
+    cfg = config({"t": {"source": "timm", "name": "resnet18", "checkpoint": str(tmp_path / "timm.pt"), "transform": SMALL}})
+    arrays = embed(cfg, data, tmp_path, "t")
+    images, _ = evaluation_split(data, "fashion_mnist", "coarse_to_fine")
+    with torch.no_grad():  # timm's pretrained config: ImageNet mean and std
+        expected = net.forward_head(net.forward_features(imagenet_input(to_tensor(images[:]))), pre_logits=True)
+    np.testing.assert_allclose(arrays["features_pooled"], expected.numpy(), atol=1e-4)

@@ -107,6 +107,11 @@ def cmd_embed_model(args):
     from .external import embed_model
 
     ensure_writable(args.out)
+    if args.copy_of:  # another seed of the same model: the same embeddings
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(args.out, Path(args.copy_of).read_bytes())
+        return
     _claim_gpus(args.gpus)
     embed_model(_spec(args.spec), args.data, args.out, device=args.device)
 
@@ -383,6 +388,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--gpus", type=int, default=0,
                    help="claim this many free GPUs of this machine (the rule's resources.gpu); embeds on the first")
+    s.add_argument("--copy-of", help="the model's embeddings under another seed: copied, not recomputed")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_embed_model)
 

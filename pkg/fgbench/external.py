@@ -13,7 +13,7 @@ function), ``released`` (a seed release's checkpoint loaded into fgbench's own m
 against the test split).
 
 Seeds: a model is deterministic; it is evaluated under every configured seed, with the same
-embeddings, so the comparison tables pair it with the methods seed by seed and episode by
+embeddings (rule embed_model embeds under the first seed, the other seeds copy the file), so the comparison tables pair it with the methods seed by seed and episode by
 episode (its interval then reflects the episodes alone).
 
 This module's checks are light (no torch at import): ``check_models`` runs when Snakemake builds

@@ -113,6 +113,14 @@ def model_spec(dataset, setting, model):
     return json.dumps(spec), fgconfig.spec_hash(spec)
 
 
+def first_seed_embeddings(wildcards):
+    """[the first seed's embeddings] of a model, for its other seeds to copy; [] for the first."""
+    first = str(CFG["seeds"][0])
+    if wildcards.seed == first:
+        return []
+    return [f"results/embeddings/{wildcards.dataset}/{wildcards.setting}/{wildcards.model}/seed{first}/test.npz"]
+
+
 def model_files(model, dataset, setting):
     """The files a model's embeddings are made from (weights, checkpoint, embeddings file): a
     newer file reruns its embedding."""
