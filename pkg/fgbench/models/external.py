@@ -216,8 +216,7 @@ def torchvision_network(entry: dict, key: str):
         load_strict(network, read_state_dict(entry["weights_file"], f"{key}.weights_file"), entry["weights_file"],
                     f"{key}.weights_file", optional=tuple(f"{c}." for c in classifier))
     preset = (chosen or weights.DEFAULT).transforms()
-    transform = {"size": preset.crop_size[0], "resize": preset.resize_size[0], "mean": list(preset.mean),
-                 "std": list(preset.std), "channels": 3}
+    transform = {"size": preset.crop_size[0], "mean": list(preset.mean), "std": list(preset.std), "channels": 3}
     return network, last_linear_input(network), transform
 
 
@@ -234,9 +233,8 @@ def timm_network(entry: dict, key: str):
         raise ConfigError(f"config key '{key}.checkpoint': cannot read {entry['checkpoint']} ({e})") from e
     load_strict(network, state, entry["checkpoint"], f"{key}.checkpoint")
     config = timm.data.resolve_data_config({}, model=network)
-    size = config["input_size"][-1]
-    transform = {"size": size, "resize": int(size / config["crop_pct"]), "mean": list(config["mean"]),
-                 "std": list(config["std"]), "channels": config["input_size"][0]}
+    transform = {"size": config["input_size"][-1], "mean": list(config["mean"]), "std": list(config["std"]),
+                 "channels": config["input_size"][0]}
 
     def features(x):
         return network.forward_head(network.forward_features(x), pre_logits=True)
@@ -270,7 +268,9 @@ SOURCES = {"torchvision": torchvision_network, "timm": timm_network, "callable":
 
 def build_encoder(entry: dict, key: str, device) -> ExternalEncoder:
     """The encoder of a torchvision, timm or callable model entry, in eval mode on ``device``; its
-    transform: the entry's ``transform`` keys over the source's defaults."""
+    transform: the entry's ``transform`` keys over the source's defaults. The defaults resize to
+    the weights' crop size without a second crop: the images come through the dataset's eval
+    transform, which already crops (BREEDS: resize 256, centre crop 224)."""
     network, features, defaults = SOURCES[entry["source"]](entry, key)
     options = {**defaults, **{k: v for k, v in (entry.get("transform") or {}).items() if v is not None}}
     encoder = ExternalEncoder(network, InputTransform(**options), entry["layers"], features)
