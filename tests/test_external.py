@@ -269,6 +269,8 @@ def test_released_checkpoint_is_loaded_into_the_method_its_train_spec_builds(dat
     cfg = config({"r": {"source": "released", "release": "ancor", "method": "ancor", "checkpoint": str(tmp_path / "ancor.pt")}},
                  methods={"ancor": {"embed_layer": ["backbone", "head"], "params": {"queue_size": 64}}})
     arrays = embed(cfg, data, tmp_path, "r")
+    with pytest.raises(ConfigError, match="'models.r.release' is 'nope'; valid releases: ancor"):
+        config({"r": {"source": "released", "release": "nope", "method": "ancor", "checkpoint": str(tmp_path / "ancor.pt")}})
     assert calls and calls[0][:3] == ("ANCOR", "ancor", str(tmp_path / "ancor.pt"))
     assert list(arrays["layers"]) == ["backbone", "head"]
     assert arrays["features_head"].shape[1] == 128 and np.isfinite(arrays["features_backbone"]).all()
@@ -346,3 +348,11 @@ def test_timm_checkpoint_gives_the_models_pre_logits(data, tmp_path):
     with torch.no_grad():  # timm's pretrained config: ImageNet mean and std
         expected = net.forward_head(net.forward_features(imagenet_input(to_tensor(images[:]))), pre_logits=True)
     np.testing.assert_allclose(arrays["features_pooled"], expected.numpy(), atol=1e-4)
+
+
+def test_a_model_can_be_the_baseline_on_its_first_layer(resnet_file):
+    from fgbench.config import compare_spec
+
+    cfg = config({"m": torchvision_entry(resnet_file, layers=["layer4", "pooled"])},
+                 compare={"baseline": {"coarse_to_fine": "m"}})
+    assert compare_spec(cfg)["baseline"]["coarse_to_fine"] == "m (layer4)"

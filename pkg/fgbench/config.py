@@ -478,7 +478,12 @@ def baseline_labels(cfg: dict) -> dict:
     labels = {}
     for setting, name in cfg["compare"]["baseline"].items():
         if name is not None:
-            layer = combos[name] if name in combos else cfg["methods"].get(name, {}).get("embed_layer", [None])[0]
+            if name in combos:
+                layer = combos[name]
+            elif name in cfg.get("models", {}):  # an external model: its first layer (none for a file's)
+                layer = (cfg["models"][name]["layers"] or [None])[0]
+            else:
+                layer = cfg["methods"].get(name, {}).get("embed_layer", [None])[0]
             labels[setting] = f"{name} ({layer})" if layer else name
     return labels
 

@@ -118,11 +118,24 @@ def _check_source(name: str, entry: dict, key: str) -> None:
         from .methods import get_method_class  # imports torch: only for released models
 
         get_method_class(entry["method"])
+        releases = _releases()
+        if releases is not None and entry["release"] not in releases:
+            raise ConfigError(f"config key '{key}.release' is {entry['release']!r}; valid releases: {', '.join(releases)}")
     for field in FILE_KEYS:
         if entry.get(field) is not None and not Path(entry[field]).is_file():
             raise ConfigError(f"config key '{key}.{field}': no such file {entry[field]}")
     if entry.get("params") is not None and not isinstance(entry["params"], dict):
         raise ConfigError(f"config key '{key}.params' must be a mapping of keyword arguments")
+
+
+def _releases():
+    """The release names of fgbench.models.released (the key maps of the seed releases), or None
+    in a checkout without that module."""
+    try:
+        from .models.released import RELEASES
+    except ImportError:
+        return None
+    return RELEASES
 
 
 def _check_torchvision(entry: dict, key: str) -> None:
@@ -247,8 +260,13 @@ def _encoder(spec: dict, data_path, device):
 def released_method(spec: dict, data_path):
     """fgbench's method built as its train spec for this dataset builds it, with a seed release's
     checkpoint loaded by ``fgbench.models.released.load_released`` (its key maps)."""
-    from .models import released
     from .train.loop import _splits, build_model, image_shape
+
+    try:
+        from .models import released
+    except ImportError as e:
+        raise FgbenchError(f"model '{spec['model']}': this fgbench has no key maps of released checkpoints "
+                           "(fgbench.models.released)") from e
 
     train_spec = spec["train_spec"]
     train_split, _, classes, _, _ = _splits(train_spec, data_path)
