@@ -1,9 +1,6 @@
 """External models (fgbench.external, fgbench.models.external): torchvision weights files,
 a user's module:function, released checkpoints, precomputed embeddings; their bad input."""
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -250,30 +247,23 @@ def test_model_named_like_a_combination_is_refused(tmp_path):
                benchmark=benchmark)
 
 
-def test_released_checkpoint_is_loaded_into_the_method_its_train_spec_builds(data, tmp_path, monkeypatch):
-    """fgbench.models.released is the `released` helper's module; a fake stands in for it here."""
-    calls = []
+def test_released_checkpoint_is_loaded_into_the_method_its_train_spec_builds(data, tmp_path):
+    """A vMF MNIST release file (google-research/vmf_embeddings, layout of tests/test_released.py)
+    as a model: the method is built as its train spec builds it (coarse classes, small_cnn) and
+    embeds as the release's network."""
+    from test_released import NDigitMNISTArch, randomised, vmf_checkpoint
 
-    def load_released(method, release, path):
-        calls.append((type(method).__name__, release, str(path), method.num_classes if hasattr(method, "num_classes") else None))
-        for p in method.parameters():
-            torch.nn.init.constant_(p, 0.01)
-
-    fake = types.ModuleType("fgbench.models.released")
-    fake.load_released, fake.RELEASES = load_released, {"ancor": "ANCOR"}
-    monkeypatch.setitem(sys.modules, "fgbench.models.released", fake)
-    import fgbench.models
-
-    monkeypatch.setattr(fgbench.models, "released", fake, raising=False)
-    (tmp_path / "ancor.pt").touch()
-    cfg = config({"r": {"source": "released", "release": "ancor", "method": "ancor", "checkpoint": str(tmp_path / "ancor.pt")}},
-                 methods={"ancor": {"embed_layer": ["backbone", "head"], "params": {"queue_size": 64}}})
+    release = randomised(NDigitMNISTArch(4, 3)).eval()  # coarse_to_fine: Fashion-MNIST's 4 coarse classes
+    vmf_checkpoint(tmp_path / "model_7.pt", release, 1.5)
+    entry = {"source": "released", "release": "vmf", "method": "vmf", "checkpoint": str(tmp_path / "model_7.pt")}
+    cfg = config({"r": entry}, methods={"vmf": {"embed_layer": ["head"], "params": {"embedding_dim": 3}}})
     arrays = embed(cfg, data, tmp_path, "r")
+    images, _ = evaluation_split(data, "fashion_mnist", "coarse_to_fine")
+    with torch.no_grad():  # vmf's get_embeddings: z_kappa_mult * the encoder without its classifier
+        expected = 1.5 * release.encoder[:-1](to_tensor(images[:]))
+    np.testing.assert_allclose(arrays["features_head"], expected.numpy(), atol=1e-5)
     with pytest.raises(ConfigError, match="'models.r.release' is 'nope'; valid releases: ancor"):
-        config({"r": {"source": "released", "release": "nope", "method": "ancor", "checkpoint": str(tmp_path / "ancor.pt")}})
-    assert calls and calls[0][:3] == ("ANCOR", "ancor", str(tmp_path / "ancor.pt"))
-    assert list(arrays["layers"]) == ["backbone", "head"]
-    assert arrays["features_head"].shape[1] == 128 and np.isfinite(arrays["features_backbone"]).all()
+        config({"r": {**entry, "release": "nope"}})
 
 
 def test_evaluate_model_prints_rows_on_the_benchmark_episodes(data, resnet_file, tmp_path, capsys):
