@@ -22,6 +22,11 @@ class PluginError(FgbenchError):
     imported, or is not the kind of object its entry-point group holds."""
 
 
+class CheckpointError(FgbenchError):
+    """A weights file (a seed method's released checkpoint) is missing, unreadable, or its keys do
+    not fit the fgbench model it is loaded into."""
+
+
 def exit_on_config_error(error) -> None:
     """For the Snakefiles: the one line ``fgbench: config error: ...`` on stderr and exit status 2,
     the status ``fgbench`` gives every input error (1 is left to bugs)."""
