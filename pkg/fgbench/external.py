@@ -13,8 +13,9 @@ function), ``released`` (a seed release's checkpoint loaded into fgbench's own m
 against the test split).
 
 Seeds: a model is deterministic; it is evaluated under every configured seed, with the same
-embeddings (rule embed_model embeds under the first seed, the other seeds copy the file), so the comparison tables pair it with the methods seed by seed and episode by
-episode (its interval then reflects the episodes alone).
+embeddings (rule embed_model embeds under the first seed, the other seeds copy the file), so
+the comparison tables pair it with the methods seed by seed and episode by episode (its interval
+then reflects the episodes alone).
 
 This module's checks are light (no torch at import): ``check_models`` runs when Snakemake builds
 the DAG.
@@ -23,6 +24,7 @@ the DAG.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -116,26 +118,16 @@ def _check_source(name: str, entry: dict, key: str) -> None:
         raise ConfigError(f"config key '{key}.function' must be 'package.module:function', got {entry['function']!r}")
     if source == "released":
         from .methods import get_method_class  # imports torch: only for released models
+        from .models.released import RELEASES
 
         get_method_class(entry["method"])
-        releases = _releases()
-        if releases is not None and entry["release"] not in releases:
-            raise ConfigError(f"config key '{key}.release' is {entry['release']!r}; valid releases: {', '.join(releases)}")
+        if entry["release"] not in RELEASES:
+            raise ConfigError(f"config key '{key}.release' is {entry['release']!r}; valid releases: {', '.join(RELEASES)}")
     for field in FILE_KEYS:
         if entry.get(field) is not None and not Path(entry[field]).is_file():
             raise ConfigError(f"config key '{key}.{field}': no such file {entry[field]}")
     if entry.get("params") is not None and not isinstance(entry["params"], dict):
         raise ConfigError(f"config key '{key}.params' must be a mapping of keyword arguments")
-
-
-def _releases():
-    """The release names of fgbench.models.released (the key maps of the seed releases), or None
-    in a checkout without that module."""
-    try:
-        from .models.released import RELEASES
-    except ImportError:
-        return None
-    return RELEASES
 
 
 def _check_torchvision(entry: dict, key: str) -> None:
@@ -260,13 +252,8 @@ def _encoder(spec: dict, data_path, device):
 def released_method(spec: dict, data_path):
     """fgbench's method built as its train spec for this dataset builds it, with a seed release's
     checkpoint loaded by ``fgbench.models.released.load_released`` (its key maps)."""
+    from .models import released
     from .train.loop import _splits, build_model, image_shape
-
-    try:
-        from .models import released
-    except ImportError as e:
-        raise FgbenchError(f"model '{spec['model']}': this fgbench has no key maps of released checkpoints "
-                           "(fgbench.models.released)") from e
 
     train_spec = spec["train_spec"]
     train_split, _, classes, _, _ = _splits(train_spec, data_path)
@@ -386,17 +373,19 @@ def evaluate_model(cfg: dict, name: str, workdir, device="cpu", embed_device="au
     from .evaluate.units import units_path, write_units
     from .io import atomic_write_text
 
-    import json
-
     workdir, written = Path(workdir), []
     for dataset, setting, model, seed in model_runs(cfg):
         spec = prepare_spec(cfg, dataset)
         data = workdir / "data" / f"{dataset}-{spec_hash(spec)}" / "data.npz"
         if not data.is_file():
+            print(f"preparing {dataset} into {data.parent}", flush=True)
             prepare(dataset, spec, data)
         run_dir = f"{dataset}/{setting}/{model}/seed{seed}"
         embeddings = workdir / "embeddings" / run_dir / "test.npz"
         mspec = model_spec(cfg, dataset, setting, model)
+        if mspec["source"] != "embeddings":  # the long part: the user waits on this line
+            print(f"embedding the {setting} test split of {dataset} with {model} ({mspec['embed']['views']} support "
+                  "views per image)", flush=True)
         embed_model(mspec, data, embeddings, device=embed_device)
         run = {"dataset": dataset, "setting": setting, "method": model, "seed": seed}
         for protocol in protocols_for(cfg, setting, model):
