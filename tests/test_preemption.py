@@ -7,7 +7,8 @@ step of an epoch, right after a checkpoint, halfway through writing one); the ru
 the uninterrupted one run in the test process. Methods: ANCOR at every kill point (queues and a
 key encoder), and a mid-epoch kill for each method with other training state: SCGM-G (E-step
 pseudo-labels), STML (EMA teacher, nearest-neighbour batches), LSD (teacher snapshot) and vMF
-(its data-dependent initial scale)."""
+(its data-dependent initial scale); and ANCOR with batch augmentation on the device (MoCo-v2's
+colour part drawn per batch from (seed, epoch, step))."""
 
 import io
 import os
@@ -43,9 +44,14 @@ def data(tmp_path_factory):
     return prepared_fashion(tmp_path_factory.mktemp("preemption"), n_train=16, n_test=8)
 
 
+# variants of a method's run: extra train keys
+VARIANTS = {"ancor+batch_augment": ("ancor", {"augment": "moco_v2", "batch_augment": True})}
+
+
 def run_spec(method):
+    method, train = VARIANTS.get(method, (method, {}))
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["train"].update(epochs=EPOCHS, device="cpu", batch_size=20 if method == "stml" else 32)
+    cfg["train"].update(epochs=EPOCHS, device="cpu", batch_size=20 if method == "stml" else 32, **train)
     cfg["methods"][method]["train"] = {k: v for k, v in cfg["methods"][method].get("train", {}).items() if k != "batch_size"}
     cfg["methods"][method]["params"] = {**cfg["methods"][method].get("params", {}), **PARAMS.get(method, {})}
     return fgconfig.train_spec(fgconfig.validate(cfg), "fashion_mnist", SETTINGS[method], method, 0)
@@ -58,7 +64,7 @@ def uninterrupted(data, tmp_path_factory):
 
     def run(method):
         if method not in done:
-            done[method] = tmp_path_factory.mktemp(f"full-{method}")
+            done[method] = tmp_path_factory.mktemp(f"full-{method.replace('+', '-')}")
             loop.train(run_spec(method), data, done[method])
         return done[method]
 
@@ -208,7 +214,7 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(data, tmp_path
     assert_same_run(uninterrupted("ancor"), out, data)  # which also says the temporary file is gone
 
 
-@pytest.mark.parametrize("method", ["ancor", "scgm_g", "stml", "lsd", "vmf"])
+@pytest.mark.parametrize("method", ["ancor", "scgm_g", "stml", "lsd", "vmf", "ancor+batch_augment"])
 def test_killed_mid_epoch_resumes_from_the_last_checkpoint(data, tmp_path, uninterrupted, capsys, method):
     """Epoch 1 dies after one step: the resumed run repeats it from the checkpoint of epoch 0
     (SCGM-G then keeps the pseudo-labels of epoch 0's E-step; LSD takes its teacher anew; STML
