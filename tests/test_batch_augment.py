@@ -54,6 +54,14 @@ def test_drawn_parameters_follow_the_probabilities_and_ranges():
     assert 0.1 <= p[:, 11].min() and p[:, 11].max() <= 2.0
 
 
+def test_a_batch_that_draws_no_operation_is_unchanged():
+    colour = BatchColour((0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_kernel=3, blur_p=0.5)
+    params = colour.draw(4, torch.Generator().manual_seed(0))
+    params[:, [0, 9, 10]] = 0  # jitter, grayscale and blur all off
+    images = torch.rand(4, 3, 8, 8)
+    assert torch.equal(colour.apply(images, params), images)
+
+
 def test_zero_strength_skips_the_operation():
     """ColorJitter(0.25, 0.25, 0.25, 0): no hue round trip (vMF's CUB)."""
     colour = BatchColour((0.25, 0.25, 0.25, 0.0))
@@ -101,3 +109,11 @@ def test_views_draw_independent_parameters_and_seeds_repeat():
     out = augment.apply(drawn)
     assert set(out) == {"images", "view2"} and out["images"].dtype == torch.float32
     assert not torch.equal(out["images"], out["view2"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batch_colour_on_cuda_matches_the_cpu():
+    colour = BatchColour((0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_kernel=11, blur_p=0.5)
+    images = torch.rand(128, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    params = colour.draw(128, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(colour.apply(images.cuda(), params).cpu(), colour.apply(images, params), atol=1e-5, rtol=0)

@@ -77,3 +77,19 @@ def test_compile_gives_the_fp32_loss(monkeypatch):
     assert list(method.state_dict()) == keys
     assert method.backbone._compiled_call_impl is not None
     assert loss == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_channels_last_and_inductor_on_cuda_give_the_fp32_loss():
+    method, batch, spec = model_and_batch(channels_last=True, compile=True)
+    device = torch.device("cuda")
+    method, batch = method.to(device), {k: v.to(device) for k, v in batch.items()}
+    with loop._autocast(device, None):
+        ref = method.training_step(batch)[0].item()
+    assert loop.autocast_dtype("bf16", device) == torch.bfloat16
+    loop.set_layout(method, spec["train"])  # channels-last, and torch.compile with inductor
+    images = loop.BatchAugment(None, channels_last=True).apply(batch)["images"]
+    with loop._autocast(device, torch.bfloat16):
+        loss = method.training_step({**batch, "images": images})[0]
+    loss.backward()
+    assert loss.item() == pytest.approx(ref, rel=2e-2)

@@ -298,7 +298,8 @@ class BatchColour:
             x[gray] = _gray(x[gray]).expand(-1, 3, -1, -1)
         if self.blur_p:
             blurred = params[:, _BLUR].nonzero().squeeze(1)
-            x[blurred] = self._blur(x[blurred], params[blurred, _SIGMA])
+            if len(blurred):
+                x[blurred] = self._blur(x[blurred], params[blurred, _SIGMA])
         return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -437,8 +438,9 @@ def to_tensor(images: np.ndarray, uint8: bool = False) -> torch.Tensor:
 
 
 def image_tensor(image: np.ndarray, uint8: bool = False) -> torch.Tensor:
-    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1] (``uint8``: uint8)."""
-    return to_tensor(np.asarray(image)[None], uint8)[0]
+    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1] (``uint8``: uint8, a
+    copy: a decoded image's array may be read-only)."""
+    return to_tensor((np.array if uint8 else np.asarray)(image)[None], uint8)[0]
 
 
 class ImageDataset(Dataset):
