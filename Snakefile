@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

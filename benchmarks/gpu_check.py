@@ -57,6 +57,7 @@ class SyntheticImageNet:
     SETTINGS = imagenet.SETTINGS
     NORMALIZE = imagenet.NORMALIZE
     TRANSFORMS = imagenet.TRANSFORMS
+    READS_FILES = True  # images stay files: datasets.X.store may be resized
 
     def __init__(self, root: Path, classes: int, image_size: int):
         self.root, self.classes, self.IMAGE_SIZE = root, classes, image_size
@@ -162,7 +163,8 @@ def training_loop(device, sizes, folder: Path, work: Path) -> list:
             spec = fgconfig.train_spec(cfg, SyntheticImageNet.NAME, "coarse_to_fine", method, 0)
             data = work / f"data-{path.replace(': ', '-')}.npz"
             if not data.exists():
-                prepare(SyntheticImageNet.NAME, {**cfg["datasets"][SyntheticImageNet.NAME], "dataset": SyntheticImageNet.NAME}, data)
+                prepare(SyntheticImageNet.NAME, {**cfg["datasets"][SyntheticImageNet.NAME], "dataset": SyntheticImageNet.NAME}, data,
+                        threads=min(16, os.cpu_count() or 1))
             out = work / f"{method}-{path.replace(': ', '-')}-{batch_augment}"
             with contextlib.redirect_stdout(sys.stderr):  # the epochs' lines stay out of the table
                 loop.train(spec, data, out)

@@ -38,23 +38,27 @@ def living17():
     return breeds_classes("living17", BREEDS_DIR)
 
 
-@pytest.fixture(scope="module")
-def imagenet_root(tmp_path_factory, living17):
-    """``root/{train,val}/<wnid>/*.JPEG`` for the 68 living17 subclasses, plus the flat val and its CSV."""
-    root = tmp_path_factory.mktemp("imagenet")
+def write_imagenet(root: Path, living17, size: int = 16) -> Path:
+    """``root/{train,val}/<wnid>/*.JPEG`` (``size`` x ``size``) for the 68 living17 subclasses,
+    plus the flat val and its CSV."""
     rows = ["ImageId,PredictionString"]
     k = 0
     for i, wnid in enumerate(w for ws in living17.source_wnids for w in ws):
         for j in range(N_TRAIN):
-            write_jpeg(root / "train" / wnid / f"{wnid}_{j}.JPEG", i)
+            write_jpeg(root / "train" / wnid / f"{wnid}_{j}.JPEG", i, size)
         for _ in range(N_VAL):
             k += 1
-            write_jpeg(root / "val" / wnid / val_name(k), i)
+            write_jpeg(root / "val" / wnid / val_name(k), i, size)
             os.makedirs(root / "flat_val", exist_ok=True)
             shutil.copy(root / "val" / wnid / val_name(k), root / "flat_val" / val_name(k))
             rows.append(f"ILSVRC2012_val_{k:08d},{wnid} 1 2 10 12 {wnid} 3 4 5 6")
     (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def imagenet_root(tmp_path_factory, living17):
+    return write_imagenet(tmp_path_factory.mktemp("imagenet"), living17)
 
 
 @pytest.fixture

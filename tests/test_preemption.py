@@ -20,9 +20,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
+from PIL import Image
 
 from conftest import REPO, prepared_fashion
 from fgbench import config as fgconfig
+from fgbench.data import SPLITS, write_store
+from fgbench.data.images import ImageFiles
+from fgbench.data.store import StoredImages
 from fgbench.data.transforms import build_augment
 from fgbench.evaluate.retrieval import nearest_neighbours, recall_at_k
 from fgbench.train import loop
@@ -58,15 +62,33 @@ def run_spec(method):
 
 
 @pytest.fixture(scope="module")
+def stored_data(data, tmp_path_factory):
+    """The same prepared data with its images in an image store (fgbench.data.store), decoded
+    once from PNG files: training reads them item by item, as from ImageNet's store."""
+    folder = tmp_path_factory.mktemp("stored")
+    with np.load(data) as z:
+        arrays = dict(z)
+    for split in SPLITS:
+        names = [f"{split}/{i}.png" for i in range(len(arrays[f"{split}_fine"]))]
+        (folder / split).mkdir()
+        for name, image in zip(names, arrays.pop(f"{split}_images")):
+            Image.fromarray(image).save(folder / name)
+        arrays.update(write_store(ImageFiles(folder, names), folder / "data.npz", split, 32, threads=1))
+    np.savez(folder / "data.npz", **arrays)
+    assert isinstance(loop.load_prepared(folder / "data.npz").splits["train"].images, StoredImages)
+    return folder / "data.npz"
+
+
+@pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
-    """The uninterrupted run of each method, trained once per module."""
+    """The uninterrupted run of each method (on ``prepared``, default the arrays), trained once per module."""
     done = {}
 
-    def run(method):
-        if method not in done:
-            done[method] = tmp_path_factory.mktemp(f"full-{method.replace('+', '-')}")
-            loop.train(run_spec(method), data, done[method])
-        return done[method]
+    def run(method, prepared=data):
+        if (method, prepared) not in done:
+            done[method, prepared] = tmp_path_factory.mktemp(f"full-{method.replace('+', '-')}")
+            loop.train(run_spec(method), prepared, done[method, prepared])
+        return done[method, prepared]
 
     return run
 
@@ -224,3 +246,15 @@ def test_killed_mid_epoch_resumes_from_the_last_checkpoint(data, tmp_path, unint
     assert checkpoint_epoch(out) == 1
     assert f"resuming from {out / loop.CHECKPOINT} after epoch 1" in resume(spec, data, out, capsys)
     assert_same_run(uninterrupted(method), out, data)
+
+
+@pytest.mark.parametrize("method", ["ancor", "ancor+batch_augment"])
+def test_killed_mid_epoch_with_an_image_store_resumes_exactly(stored_data, tmp_path, uninterrupted, capsys, method):
+    """ANCOR (two views, queues) reading an image store item by item, with the whole augmentation
+    in the workers or its colour part on the batch (the paper-scale GPU path): the resumed run
+    repeats epoch 1 from its checkpoint and ends as the uninterrupted run on the same store."""
+    spec, out = run_spec(method), tmp_path / "run"
+    killed_run(spec, stored_data, out, ("step", 1, 1))
+    assert checkpoint_epoch(out) == 1
+    assert f"resuming from {out / loop.CHECKPOINT} after epoch 1" in resume(spec, stored_data, out, capsys)
+    assert_same_run(uninterrupted(method, stored_data), out, stored_data)

@@ -266,3 +266,22 @@ def test_a_training_run_through_the_loop(tmp_path):
     assert log["epoch"].tolist() == [0, 1] and log["loss"].notna().all() and "kl_loss" in log
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]
     assert "head.weight" in saved and not any(k.startswith("teacher_") for k in saved)
+
+
+def test_heads_sit_on_the_sum_of_average_and_max_pooling_as_in_the_code():
+    # tjddus9597/STML-CVPR22 code/net/resnet.py: x = self.model.gap(x) + self.model.gmp(x)
+    torch.manual_seed(0)
+    backbone = get_backbone("resnet18")
+    net = copy.deepcopy(backbone.net).eval()
+    method = build_method("stml", backbone, num_classes=4, num_samples=8, params={"embedding_dim": 8, "g_dim": 16}).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(net.children())[:-2])(x)  # up to layer4
+        expected = trunk.mean((2, 3)) + trunk.amax((2, 3))
+        torch.testing.assert_close(method.embed(x, "backbone"), expected)
+        torch.testing.assert_close(method.teacher_backbone(x), expected)
+
+
+def test_max_pooling_is_refused_on_a_backbone_without_a_global_pool():
+    with pytest.raises(ConfigError, match="pooling 'avg_max' needs a torchvision backbone"):
+        make(pooling="avg_max")

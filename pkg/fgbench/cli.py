@@ -1,4 +1,4 @@
-"""``fgbench prepare|train|embed|evaluate|combine|aggregate|compare|tables|latex|report|figures|tsne|curves|ledger|recipes``: what rules call.
+"""``fgbench prepare|train|embed|embed-model|evaluate|combine|aggregate|compare|tables|latex|report|figures|tsne|curves|ledger|recipes``: what rules call.
 
 ``fgbench results-doc`` (by hand, after a default run) renders docs/results.md's tables.
 
@@ -40,7 +40,7 @@ def cmd_prepare(args):
 
     spec = _spec(args.spec)
     ensure_writable(args.out)
-    prepare(spec["dataset"], spec, args.out)
+    prepare(spec["dataset"], spec, args.out, threads=args.threads)
 
 
 def cmd_rearrange_val(args):
@@ -101,6 +101,56 @@ def cmd_embed(args):
     ensure_writable(args.out)
     _claim_gpus(args.gpus)
     embed_split(args.model, args.data, args.split, _spec(args.spec), args.out, device=args.device)
+
+
+def cmd_embed_model(args):
+    from .external import embed_model
+
+    ensure_writable(args.out)
+    if args.copy_of:  # another seed of the same model: the same embeddings
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(args.out, Path(args.copy_of).read_bytes())
+        return
+    _claim_gpus(args.gpus)
+    embed_model(_spec(args.spec), args.data, args.out, device=args.device)
+
+
+def _model_entry(args) -> tuple[str, dict]:
+    """(name, config entry) of the model ``fgbench evaluate-model`` was given."""
+    sources = {"torchvision": ("name", args.torchvision), "timm": ("name", args.timm),
+               "callable": ("function", args.callable), "released": ("release", args.released),
+               "embeddings": ("path", args.embeddings)}
+    source, (field, value) = next((s, fv) for s, fv in sources.items() if fv[1])
+    entry = {"source": source, field: value}
+    options = {"weights": args.weights, "weights_file": args.weights_file, "checkpoint": args.checkpoint,
+               "method": args.method, "layers": args.layer}
+    entry.update({k: v for k, v in options.items() if v})
+    transform = {"size": args.image_size, "resize": args.resize, "mean": args.mean, "std": args.std}
+    if any(v is not None for v in transform.values()):
+        entry["transform"] = {k: v for k, v in transform.items() if v is not None}
+    default = {"embeddings": Path(value).stem, "released": f"{value}_{args.method}",
+               "callable": value.split(":")[-1]}.get(source, value)
+    return args.name or default, entry
+
+
+def cmd_evaluate_model(args):
+    from .external import evaluate_model, one_model_config
+    from .report import load_metrics, summarise, write_summary
+    from .report.aggregate import format_markdown
+
+    name, entry = _model_entry(args)
+    base = _load_config(argparse.Namespace(config=None, configfile=args.configfile, name=""))[0] if args.configfile else {}
+    if args.root:
+        base.setdefault("datasets", {}).setdefault(args.dataset, {})
+        base["datasets"][args.dataset] = {**(base["datasets"][args.dataset] or {}), "root": args.root}
+    protocols = args.protocol or ["fewshot_5way", "retrieval"]
+    cfg = one_model_config(name, entry, args.dataset, args.setting, protocols, base)
+    ensure_writable(Path(args.workdir) / "summary.csv")
+    metrics = evaluate_model(cfg, name, args.workdir, device=_evaluation_device(args), embed_device=args.device or "auto")
+    summary = summarise(load_metrics(metrics))
+    write_summary(summary, Path(args.workdir) / "summary.csv", Path(args.workdir) / "summary.md")
+    print(format_markdown(summary), end="")
 
 
 def _write_metrics(out, rows, digest, per_layer, protocol_name):
@@ -300,6 +350,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="read a dataset's official files, write the prepared .npz")
     s.add_argument("--spec", required=True, help="JSON: the dataset's config section plus 'dataset'")
     s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1, help="images decoded at once when building an image store")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("rearrange-val", help="sort the flat ImageNet val images into wnid folders (BREEDS)")
@@ -331,6 +382,48 @@ def parser() -> argparse.ArgumentParser:
                    help="claim this many free GPUs of this machine (the rule's resources.gpu); embeds on the first")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("embed-model", help="test embeddings of an external model (config 'models') on one dataset and setting")
+    s.add_argument("--spec", required=True, help="JSON from fgbench.config.model_spec")
+    s.add_argument("--data", required=True, help="prepared dataset (.npz)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--gpus", type=int, default=0,
+                   help="claim this many free GPUs of this machine (the rule's resources.gpu); embeds on the first")
+    s.add_argument("--copy-of", help="the model's embeddings under another seed: copied, not recomputed")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_embed_model)
+
+    s = sub.add_parser("evaluate-model", help="evaluate one external model on one dataset, no config needed; "
+                       "prints its table rows (docs/usage.md)")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--torchvision", metavar="BUILDER", help="a torchvision model builder, e.g. resnet18 "
+                        "(with --weights or --weights-file)")
+    source.add_argument("--timm", metavar="MODEL", help="a timm model name (with --checkpoint)")
+    source.add_argument("--callable", metavar="MODULE:FUNCTION",
+                        help="your function returning an nn.Module or an encode function (image batch -> features)")
+    source.add_argument("--released", metavar="RELEASE", help="a seed release's checkpoint (with --method and --checkpoint)")
+    source.add_argument("--embeddings", metavar="NPZ", help="a precomputed embeddings file (docs/usage.md)")
+    s.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V1 (downloaded once by torchvision)")
+    s.add_argument("--weights-file", help="a saved torchvision state dict")
+    s.add_argument("--checkpoint", help="timm or released checkpoint file")
+    s.add_argument("--method", help="the fgbench method a released checkpoint is loaded into, e.g. ancor")
+    s.add_argument("--layer", action="append", help="layer to embed (repeatable): pooled (default) or a module name")
+    s.add_argument("--image-size", type=int, help="crop size the network sees (default: its weights' transform)")
+    s.add_argument("--resize", type=int, help="shorter side before the centre crop (default: its weights' transform)")
+    s.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean")
+    s.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std")
+    s.add_argument("--name", help="what the tables call the model (default: from the builder, function or file)")
+    s.add_argument("--dataset", required=True, help="e.g. fashion_mnist")
+    s.add_argument("--setting", action="append", help="repeatable; default: every setting of the dataset")
+    s.add_argument("--protocol", action="append", help="repeatable; default: fewshot_5way and retrieval")
+    s.add_argument("--root", help="the dataset's folder (config key datasets.<name>.root)")
+    s.add_argument("--configfile", help="an experiment config whose dataset, embed and protocol sections to use "
+                   "(its episodes); default: fgbench's defaults, which the default benchmark uses")
+    s.add_argument("--workdir", default="results/evaluate-model", help="where data, embeddings and metrics go")
+    s.add_argument("--device", default=None, help="torch device (default: cuda with --gpus, else cpu for the "
+                   "solver and cuda when present for embedding)")
+    s.add_argument("--gpus", type=int, default=0, help="claim this many free GPUs of this machine")
+    s.set_defaults(func=cmd_evaluate_model)
 
     s = sub.add_parser("evaluate", help="one protocol on one embeddings file -> metrics JSON")
     s.add_argument("--spec", required=True, help="JSON from fgbench.config.protocol_spec")

@@ -59,6 +59,11 @@ DATASET_DEFAULTS = {
     "split_seed": 0,
     "verify": True,  # md5 of the official files (Fashion-MNIST, MNIST, CIFAR); false: a modified copy
     "max_images_per_class": None,  # {train: n, val: n, test: n}: caps for quick runs and tests
+    # Datasets read as image files (BREEDS, CUB, Cars, SOP): files (decode the JPEGs in every
+    # epoch, as the releases) | resized (decoded once by prepare into a memory-mapped store,
+    # shorter side store_size; fgbench.data.store, docs/deviations.md)
+    "store": "files",
+    "store_size": None,  # the store's shorter side; None: the eval resize (256 for 224 crops)
     "backbone": {"name": "small_cnn"},
     "view_augment": None,  # few-shot support views; None: the dataset's default
     "eval_transform": None,  # plain features (e.g. BREEDS resize 256, centre crop 224); None: the dataset's
@@ -83,7 +88,7 @@ EMBED_DEFAULTS = {"views": 5, "batch_size": 1024, "view_seed": 0}
 RESOURCE_RULES = ("prepare", "rearrange_imagenet_val", "train", "embed", "evaluate", "combine", "tsne")
 RESOURCE_KEYS = {"gpu": 0, "mem_mb": 1, "runtime": 1, "cpus_per_task": 1, "threads": 1}  # name -> minimum
 TOP_LEVEL = {"seeds", "benchmark", "datasets", "methods", "train", "embed", "protocols", "resources",
-             "report", "combinations", "imagenet_val", "compare"}
+             "report", "combinations", "imagenet_val", "compare", "models"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -266,9 +271,25 @@ def _resolve_datasets(cfg: dict) -> dict:
             ds[key] = default if ds[key] is None else ds[key]
             _one_of(ds[key], _augment_names(), f"datasets.{name}.{key}")
         _one_of(ds["verify"], (True, False), f"datasets.{name}.verify")
+        _check_store(name, ds)
         _check_resources(ds["resources"], f"datasets.{name}.resources")
         resolved[name] = ds
     return resolved
+
+
+def _check_store(name: str, ds: dict):
+    from .data import get_dataset
+    from .data.store import KINDS
+
+    _one_of(ds["store"], KINDS, f"datasets.{name}.store")
+    module = get_dataset(name)
+    if ds["store"] == "resized" and not getattr(module, "READS_FILES", False):
+        raise ConfigError(f"config key 'datasets.{name}.store' is 'resized', but {name} is not read as image files "
+                          "(only BREEDS, cub200, cars196 and sop are; the others are arrays already); use 'files'")
+    size = ds["store_size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < module.IMAGE_SIZE):
+        raise ConfigError(f"config key 'datasets.{name}.store_size' must be null or an integer of at least the "
+                          f"crop size {module.IMAGE_SIZE}, got {size!r}")
 
 
 def _augment_names():
@@ -310,15 +331,44 @@ def validate(config: dict) -> dict:
     cfg["datasets"] = _resolve_datasets(cfg)
     cfg["resources"] = _check_resources(cfg.get("resources"), "resources")
     cfg["report"] = validate_report(cfg.get("report"))
-    cfg["methods"] = _resolve_methods(cfg, cfg.get("methods") or {})
+    cfg["methods"] = _resolve_methods(cfg, {**released_methods(cfg.get("models")), **(cfg.get("methods") or {})})
     cfg["protocols"] = _resolve_protocols(cfg.get("protocols"), cfg["embed"]["views"])
     from .data import get_dataset
 
     check_protocol_fit(cfg, get_dataset)
     layers = {name: tuple(m["embed_layer"]) for name, m in cfg["methods"].items()}
     cfg["combinations"] = validate_combinations(cfg.get("combinations"), layers, runs=runs(cfg))
-    cfg["compare"] = validate_compare(cfg.get("compare"), _method_names() | {c["name"] for c in cfg["combinations"]})
+    cfg["models"] = _resolve_models(cfg)
+    known = _method_names() | {c["name"] for c in cfg["combinations"]} | set(cfg["models"])
+    cfg["compare"] = validate_compare(cfg.get("compare"), known)
     return cfg
+
+
+def released_methods(models) -> dict:
+    """{method: {}} of the released models' methods: resolved like the methods of 'methods', so a
+    released checkpoint is built as its train spec builds the method."""
+    entries = models.values() if isinstance(models, dict) else []
+    return {e["method"]: {} for e in entries if isinstance(e, dict) and e.get("source") == "released" and e.get("method")}
+
+
+def _resolve_models(cfg: dict) -> dict:
+    """The 'models' section (fgbench.external): checked, with each model's layers resolved."""
+    from .external import check_models, model_layers
+
+    taken = {**{m: "method" for m in _method_names()}, **{c["name"]: "combination" for c in cfg["combinations"]}}
+    models = check_models(cfg.get("models"), cfg["benchmark"], taken)
+    for name, entry in models.items():
+        if entry["source"] == "released" and entry["layers"] is not None:
+            valid = cfg["methods"][entry["method"]]["embed_layer"]
+            from .methods import get_method_class
+
+            bad = [x for x in entry["layers"] if x not in get_method_class(entry["method"]).layers]
+            if bad:
+                raise ConfigError(f"config key 'models.{name}.layers' names {bad}; valid layers of "
+                                  f"'{entry['method']}': {', '.join(get_method_class(entry['method']).layers)} "
+                                  f"(default: {', '.join(valid)})")
+        entry["layers"] = model_layers(entry, cfg["methods"])
+    return models
 
 
 def _method_names() -> set:
@@ -341,12 +391,31 @@ def runs(cfg: dict):
     ]
 
 
+def model_runs(cfg: dict):
+    """Every (dataset, setting, model, seed) cell of the external models (config 'models'): each
+    model under every configured seed, so comparisons pair it with the methods seed by seed."""
+    return [
+        (dataset, setting, name, seed)
+        for name, entry in cfg.get("models", {}).items()
+        for dataset, settings in entry["evaluate_on"].items()
+        for setting in settings
+        for seed in cfg["seeds"]
+    ]
+
+
+def embedded_layers(cfg: dict, name: str) -> list:
+    """The layers a method or model embeds ([] for a precomputed file: every layer it holds)."""
+    if name in cfg["methods"]:
+        return cfg["methods"][name]["embed_layer"]
+    return cfg["models"][name]["layers"] or []
+
+
 def protocols_for(cfg: dict, setting: str, method: str) -> list:
     """The protocols a run is evaluated with: every configured one, except that closed-set
-    accuracy needs a closed_set setting and a method that embeds class probabilities."""
+    accuracy needs a closed_set setting and a method (or model) that embeds class probabilities."""
     return [
         name for name, proto in cfg["protocols"].items()
-        if proto["kind"] != "closed_set" or (setting == "closed_set" and "probs" in cfg["methods"][method]["embed_layer"])
+        if proto["kind"] != "closed_set" or (setting == "closed_set" and "probs" in embedded_layers(cfg, method))
     ]
 
 
@@ -363,6 +432,8 @@ def prepare_spec(cfg: dict, dataset: str) -> dict:
     ds = cfg["datasets"][dataset]
     keys = ("root", "download_dir", "val_fraction", "val_classes", "split_seed", "max_images_per_class",
             "hierarchy_dir", "breeds_split", "val_root", "verify")
+    if ds["store"] != "files":  # a store changes the pixels; the file path leaves the spec (and data hashes) as before
+        keys += ("store", "store_size")
     return {"dataset": dataset, **{k: ds[k] for k in keys}}
 
 
@@ -394,10 +465,29 @@ def embed_spec(cfg: dict, dataset: str) -> dict:
     return {**cfg["embed"], "view_augment": cfg["datasets"][dataset]["view_augment"]}
 
 
+def model_spec(cfg: dict, dataset: str, setting: str, model: str) -> dict:
+    """What ``fgbench embed-model`` needs for one external model on one dataset and setting: the
+    model entry, the setting, the dataset's image size and eval transform, and the embed spec
+    (the support views every method gets). No seed: a model's embeddings are the same under each."""
+    from .data import get_dataset
+    from .external import embeddings_path
+
+    entry, module = cfg["models"][model], get_dataset(dataset)
+    spec = {k: v for k, v in entry.items() if k not in ("evaluate_on", "path")}
+    spec.update(model=model, dataset=dataset, setting=setting, setting_def=module.SETTINGS[setting],
+                image_size=module.IMAGE_SIZE, eval_transform=cfg["datasets"][dataset]["eval_transform"],
+                embed=embed_spec(cfg, dataset))
+    if entry["source"] == "embeddings":
+        spec["path"] = embeddings_path(entry, dataset, setting)
+    if entry["source"] == "released":
+        spec["train_spec"] = train_spec(cfg, dataset, setting, entry["method"], 0)
+    return spec
+
+
 def retrieval_metric(cfg: dict, method: str) -> str:
     """The distance ``method``'s embeddings are retrieved with: its own ``metric``, else the
     retrieval protocol's (cosine)."""
-    own = cfg["methods"][method]["metric"]
+    own = (cfg["methods"].get(method) or cfg["models"][method])["metric"]
     return own if own is not None else cfg["protocols"].get("retrieval", PROTOCOLS["retrieval"])["metric"]
 
 
@@ -416,7 +506,12 @@ def baseline_labels(cfg: dict) -> dict:
     labels = {}
     for setting, name in cfg["compare"]["baseline"].items():
         if name is not None:
-            layer = combos[name] if name in combos else cfg["methods"].get(name, {}).get("embed_layer", [None])[0]
+            if name in combos:
+                layer = combos[name]
+            elif name in cfg.get("models", {}):  # an external model: its first layer (none for a file's)
+                layer = (cfg["models"][name]["layers"] or [None])[0]
+            else:
+                layer = cfg["methods"].get(name, {}).get("embed_layer", [None])[0]
             labels[setting] = f"{name} ({layer})" if layer else name
     return labels
 

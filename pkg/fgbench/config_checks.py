@@ -80,7 +80,7 @@ def check_shapes(config: dict, dataset_keys, method_keys, embed_keys) -> None:
         for setting, methods in settings.items():
             key = f"benchmark.{dataset}.{setting}"
             expect(methods, (list,), key, "a list of methods, e.g. [triplet, lsd]")
-            if not methods:
+            if not methods and not config.get("models"):  # a setting of external models alone may list none
                 raise ConfigError(f"config key '{key}' lists no method; name at least one or remove the setting")
     for name, section in (config.get("datasets") or {}).items():
         expect(section, mapping, f"datasets.{name}", "a mapping of dataset settings (root, val_fraction, ...)")

@@ -17,6 +17,11 @@ class TrainingError(FgbenchError):
     """Training cannot go on (for example the loss became NaN)."""
 
 
+class CheckpointError(FgbenchError):
+    """A weights file (a seed method's released checkpoint) is missing, unreadable, or its keys do
+    not fit the fgbench model it is loaded into."""
+
+
 def exit_on_config_error(error) -> None:
     """For the Snakefiles: the one line ``fgbench: config error: ...`` on stderr and exit status 2,
     the status ``fgbench`` gives every input error (1 is left to bugs)."""

@@ -25,11 +25,14 @@ validate(fgconfig.from_command_line(config), schema="../schemas/config.schema.ya
 os.environ.update(FGBENCH_ROOT=str(Path(workflow.current_basedir).parents[1]))
 
 RUNS = fgconfig.runs(CFG)
+# External models (config 'models'): embedded by rule embed_model, evaluated like the runs.
+MODELS = CFG["models"]
+MODEL_RUNS = fgconfig.model_runs(CFG)
 PROTOCOLS = list(CFG["protocols"])
 RUN_DIR = "{dataset}/{setting}/{method}/seed{seed}"
 METRICS = [
     f"results/metrics/{d}/{s}/{m}/seed{seed}/{p}.json"
-    for d, s, m, seed in RUNS
+    for d, s, m, seed in RUNS + MODEL_RUNS
     for p in fgconfig.protocols_for(CFG, s, m)
 ]
 PLOTS = expand("results/plots/{protocol}{kind}.png", protocol=PROTOCOLS, kind=("", "_differences"))
@@ -103,8 +106,33 @@ def protocol_spec(wildcards):
     return json.dumps(fgconfig.protocol_spec(CFG, wildcards.protocol, wildcards.method))
 
 
+@functools.cache
+def model_spec(dataset, setting, model):
+    """(an external model's embed spec as JSON, its hash) on one dataset and setting."""
+    spec = fgconfig.model_spec(CFG, dataset, setting, model)
+    return json.dumps(spec), fgconfig.spec_hash(spec)
+
+
+def first_seed_embeddings(wildcards):
+    """[the first seed's embeddings] of a model, for its other seeds to copy; [] for the first."""
+    first = str(CFG["seeds"][0])
+    if wildcards.seed == first:
+        return []
+    return [f"results/embeddings/{wildcards.dataset}/{wildcards.setting}/{wildcards.model}/seed{first}/test.npz"]
+
+
+def model_files(model, dataset, setting):
+    """The files a model's embeddings are made from (weights, checkpoint, embeddings file): a
+    newer file reruns its embedding."""
+    spec = json.loads(model_spec(dataset, setting, model)[0])
+    return [spec[k] for k in ("weights_file", "checkpoint", "path") if spec.get(k)]
+
+
 def run_info(wildcards):
-    digest = run_spec(wildcards.dataset, wildcards.setting, wildcards.method, wildcards.seed)[1]
+    if wildcards.method in MODELS:
+        digest = model_spec(wildcards.dataset, wildcards.setting, wildcards.method)[1]
+    else:
+        digest = run_spec(wildcards.dataset, wildcards.setting, wildcards.method, wildcards.seed)[1]
     info = {k: wildcards[k] for k in ("dataset", "setting", "method")}
     return json.dumps({**info, "seed": int(wildcards.seed), "config_hash": digest})
 
@@ -123,7 +151,9 @@ def alternatives(names):
 PAPER_TABLES = ("coarse_to_fine", "retrieval", "closed_set")  # fgbench.report.tables.TABLES
 COMBINATIONS = {c["name"]: c for c in CFG["combinations"]}
 FEWSHOT_PROTOCOLS = [p for p in PROTOCOLS if CFG["protocols"][p]["kind"] == "fewshot"]
-METHOD_PATTERN = alternatives({method for _, _, method, _ in RUNS})
+TRAINED_PATTERN = alternatives({method for _, _, method, _ in RUNS})
+MODEL_PATTERN = alternatives(MODELS)
+METHOD_PATTERN = alternatives({method for _, _, method, _ in RUNS} | set(MODELS))  # evaluated: both
 COMBINATION_PATTERN = alternatives(COMBINATIONS)
 FEWSHOT_PATTERN = alternatives(FEWSHOT_PROTOCOLS)
 COMBINED_METRICS = [

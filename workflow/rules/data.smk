@@ -13,7 +13,8 @@ READS_REARRANGED_VAL = {
 
 
 # Read a dataset's official files; write images (or paths), labels and the validation split.
-# tieredImageNet also writes {split}_images.npy (decoded images) next to data.npz.
+# tieredImageNet also writes {split}_images.npy (decoded images) next to data.npz; an image-file
+# dataset with store: resized, {split}_store.u8 (decoded once, shared by every method and seed).
 rule prepare:
     input:
         unpack(lambda wc: {"val": READS_REARRANGED_VAL[wc.dataset]} if wc.dataset in READS_REARRANGED_VAL else {}),
@@ -31,7 +32,7 @@ rule prepare:
     conda:
         "../../envs/fgbench.yaml"
     shell:
-        "fgbench prepare --spec {params.spec:q} --out {output.data} > {log} 2>&1"
+        "fgbench prepare --spec {params.spec:q} --out {output.data} --threads {threads} > {log} 2>&1"
 
 
 if IMAGENET_VAL:

@@ -9,6 +9,7 @@ rule embed:
         spec=embed_spec,
     wildcard_constraints:
         split="train|val|test",
+        method=TRAINED_PATTERN,
     log:
         f"results/logs/embed/{RUN_DIR}/{{split}}.log",
     benchmark:

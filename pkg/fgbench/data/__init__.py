@@ -28,15 +28,18 @@ split defaults) and ``read(cfg)``, which returns a dict::
     {"train": (images, fine), "test": (images, fine),
      "fine_to_coarse": int array, "fine_names": [...], "coarse_names": [...]}
 
-where ``images`` is a uint8 array, an ``ImageFiles`` (kept as paths) or an ``EncodedImages``
-(decoded once into ``.npy`` files), see ``fgbench.data.images``.
+where ``images`` is a uint8 array, an ``ImageFiles`` (kept as paths, or decoded once into an
+image store with ``store: resized``) or an ``EncodedImages`` (decoded once into ``.npy``
+files), see ``fgbench.data.images`` and ``fgbench.data.store``.
 
 Prepared format (``data.npz``; ``<s>`` is train, val or test):
 
 - ``<s>_fine``, ``<s>_coarse``, ``<s>_index`` (position in the official split), int64;
-- the images, in one of three forms: ``<s>_images`` (uint8 array in the npz); or
+- the images, in one of four forms: ``<s>_images`` (uint8 array in the npz); or
   ``<s>_images_npy`` (the name of a uint8 ``.npy`` file in the same folder, opened memory-mapped);
   or ``<s>_paths`` (str, relative to ``<s>_image_root``, an absolute folder: decoded on access);
+  or, besides the paths, ``<s>_store`` (an image store's file name in the same folder) with
+  ``<s>_store_offsets``, ``<s>_store_shapes`` and ``<s>_store_list_hash`` (``fgbench.data.store``);
 - ``fine_to_coarse`` (int64, one entry per fine class) and ``names`` (JSON: {fine, coarse});
 - ``data_hash``: the prepared data's identity (``fgbench.provenance``): a hash of the prepare
   spec and of the arrays above, computed once here; checkpoints and metric rows carry it.
@@ -55,6 +58,8 @@ from ..io import atomic_path
 from ..provenance import arrays_hash, digest, file_hash
 from . import cars, cifar10, cifar100, cub, fashion_mnist, imagenet, mnist, sop, tiered
 from .images import EncodedImages, ImageFiles, MappedRows, is_in_memory, join_images, write_npy
+from .store import build_store, open_store
+from .store import default_size as default_store_size
 
 __all__ = [
     "DATASETS", "SPLITS", "Split", "PreparedData", "get_dataset", "split_defaults", "prepare", "load_prepared",
@@ -133,11 +138,12 @@ def _cap_per_class(split: Split, cap, seed) -> Split:
     return split.subset(np.sort(keep))
 
 
-def npy_name(out_path, split: str) -> str:
-    """File name of a split's decoded images next to ``out_path``: ``<split>_images.npy`` for
-    ``data.npz`` (the workflow's name), ``<stem>.<split>_images.npy`` for any other name."""
+def side_name(out_path, split: str, suffix: str = "images.npy") -> str:
+    """File name of a split's decoded images next to ``out_path``: ``<split>_<suffix>`` for
+    ``data.npz`` (the workflow's name), ``<stem>.<split>_<suffix>`` for any other name
+    (``images.npy``: tieredImageNet's arrays; ``store.u8``: an image store)."""
     stem = Path(out_path).stem
-    return f"{split}_images.npy" if stem == "data" else f"{stem}.{split}_images.npy"
+    return f"{split}_{suffix}" if stem == "data" else f"{stem}.{split}_{suffix}"
 
 
 def _check_raw(name: str, raw: dict) -> np.ndarray:
@@ -195,11 +201,13 @@ def _validation_split(name: str, module, cfg: dict, fine: np.ndarray) -> tuple:
         raise ConfigError(f"datasets.{name}.val_fraction = {val_fraction} gives no stratified split: {e}") from e
 
 
-def prepare(name: str, cfg: dict, out_path) -> None:
+def prepare(name: str, cfg: dict, out_path, threads: int = 1) -> None:
     """Read dataset ``name`` from disk (see its module) and write the prepared ``data.npz``.
 
-    Images kept as files are stored as paths; encoded images (tieredImageNet) are decoded once
-    into ``.npy`` files next to ``out_path``, each written atomically before ``data.npz``.
+    Images kept as files are stored as paths and, with ``cfg["store"] == "resized"``, also
+    decoded once into an image store per split (``fgbench.data.store``, ``threads`` images at
+    once); encoded images (tieredImageNet) are decoded once into ``.npy`` files. Both go next to
+    ``out_path``, each written atomically before ``data.npz``.
     """
     module = get_dataset(name)
     raw = module.read({**cfg, "download_dir": cfg.get("download_dir") or f"resources/{name}"})
@@ -224,9 +232,12 @@ def prepare(name: str, cfg: dict, out_path) -> None:
         if isinstance(images, ImageFiles):
             arrays[f"{split_name}_paths"] = images.paths
             arrays[f"{split_name}_image_root"] = np.str_(str(images.root.absolute()))
+            if cfg.get("store", "files") == "resized":
+                arrays.update(write_store(images, out_path, split_name, cfg.get("store_size") or
+                                           default_store_size(module.IMAGE_SIZE), threads))
         elif isinstance(images, EncodedImages):
-            write_npy(images, Path(out_path).parent / npy_name(out_path, split_name))
-            arrays[f"{split_name}_images_npy"] = np.str_(npy_name(out_path, split_name))
+            write_npy(images, Path(out_path).parent / side_name(out_path, split_name))
+            arrays[f"{split_name}_images_npy"] = np.str_(side_name(out_path, split_name))
             later = [s.images for s in list(splits.values())[k + 1 :]]
             if not any(isinstance(o, EncodedImages) and o.blobs is images.blobs for o in later):
                 images.release()  # no later split reads these bytes: free them before the next pickle
@@ -240,6 +251,13 @@ def prepare(name: str, cfg: dict, out_path) -> None:
             np.savez(f, **arrays)
 
 
+def write_store(images: ImageFiles, out_path, split: str, size: int, threads: int) -> dict:
+    """Build a split's image store next to ``out_path``; the ``data.npz`` entries that find and check it."""
+    name = side_name(out_path, split, "store.u8")
+    meta = build_store(images, Path(out_path).parent / name, size, threads)
+    return {f"{split}_store": np.str_(name), **{f"{split}_store_{k}": v for k, v in meta.items()}}
+
+
 def data_hash(cfg: dict, arrays: dict) -> str:
     """The prepared data's identity: what was asked (the prepare spec, less what cannot change
     the data) and what was written (the arrays' contents)."""
@@ -248,6 +266,9 @@ def data_hash(cfg: dict, arrays: dict) -> str:
 
 
 def _images(z, split: str, folder: Path):
+    if f"{split}_store" in z:  # before the paths, which a store keeps for traceability
+        return open_store(folder / str(z[f"{split}_store"]), z[f"{split}_store_offsets"],
+                          z[f"{split}_store_shapes"], str(z[f"{split}_store_list_hash"]))
     if f"{split}_images" in z:
         return z[f"{split}_images"]
     if f"{split}_images_npy" in z:

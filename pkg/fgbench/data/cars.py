@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .cub import IMAGE_SIZE, NORMALIZE, OPEN_SET, TRANSFORMS, check_image_files, find_root, identity_hierarchy, split_by_class
+from .cub import IMAGE_SIZE, NORMALIZE, OPEN_SET, READS_FILES, TRANSFORMS, check_image_files, find_root, identity_hierarchy, split_by_class
 from .images import ImageFiles
 
-__all__ = ["NAME", "SETTINGS", "IMAGE_SIZE", "NORMALIZE", "TRANSFORMS", "VAL_CLASSES", "read", "load", "locate"]
+__all__ = ["NAME", "SETTINGS", "IMAGE_SIZE", "NORMALIZE", "TRANSFORMS", "READS_FILES", "VAL_CLASSES", "read", "load", "locate"]
 
 NAME = "cars196"
 SETTINGS = OPEN_SET

@@ -32,6 +32,7 @@ IMAGE_SIZE = 224
 NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # ImageNet (RevDML, vMF)
 # RevDML: RandomResizedCrop(224) + flip; support views and plain features: ImageNet's resize 256 + crop 224.
 TRANSFORMS = {"train": "random_resized_crop_flip", "view": "resize_random_crop_flip", "eval": "resize_center_crop"}
+READS_FILES = True  # read as image files: can be decoded once into a store (fgbench.data.store)
 VAL_CLASSES = 15  # vMF: 15 of the 100 training classes held out for model selection
 
 FOLDER = "CUB_200_2011"

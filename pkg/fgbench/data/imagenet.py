@@ -207,6 +207,7 @@ class BreedsDataset:
     NORMALIZE = NORMALIZE
     TRANSFORMS = TRANSFORMS
     SETTINGS = SETTINGS
+    READS_FILES = True  # read as image files: can be decoded once into a store (fgbench.data.store)
 
     def __init__(self, name: str):
         if name not in breeds.BREEDS:

@@ -5,7 +5,9 @@
 - a uint8 ``numpy.ndarray`` (N, H, W) or (N, H, W, C) in memory (Fashion-MNIST, CIFAR-100);
 - a read-only ``numpy.memmap`` of the same shape, or a :class:`MappedRows` view of one
   (tieredImageNet: decoded once by ``prepare`` into ``.npy`` files next to ``data.npz``);
-- an :class:`ImageFiles` (BREEDS: JPEG paths under an ImageNet folder, decoded on access).
+- an :class:`ImageFiles` (BREEDS: JPEG paths under an ImageNet folder, decoded on access);
+- a ``fgbench.data.store.StoredImages`` (the same files decoded once by ``prepare`` into a
+  memory-mapped image store, ``store: resized``): uint8 (H, W, 3) of varying sizes, as ImageFiles.
 
 All of them support ``len(images)``, ``images[i]`` (one uint8 (H, W[, C]) array) and
 ``images[index_array_or_mask]`` (a subset of the same kind, so ``Split.subset`` works unchanged;

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from ..errors import ConfigError
+from ..models.backbones import set_global_pooling
 from ..models.momentum import momentum_update
 from ..distributed import broadcast_from_main, gather_uneven, global_batch
 from .base import Method, register_method
@@ -131,6 +132,19 @@ def nearest_neighbours(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tens
     return torch.cat(out)
 
 
+POOLINGS = ("avg", "avg_max")
+
+
+def _set_pooling(backbone, pooling) -> None:
+    """The code's networks sum global average and max pooling (``code/net/resnet.py``); None:
+    that sum wherever the backbone has a global average pool, else the backbone's own features."""
+    if pooling is not None and pooling not in POOLINGS:
+        raise ConfigError(f"methods.stml.params.pooling is '{pooling}'; valid: {', '.join(POOLINGS)}")
+    if not set_global_pooling(backbone, pooling or "avg_max") and pooling == "avg_max":
+        raise ConfigError("methods.stml.params.pooling 'avg_max' needs a torchvision backbone (resnet18, resnet50, "
+                          "googlenet); drop it for this backbone")
+
+
 class NNBatchSampler(Sampler):
     """STML's ``NNBatchSampler``: each batch is ``batch_size // K`` seed images, drawn uniformly
     without replacement (independently for every batch), each followed by its K nearest
@@ -202,7 +216,8 @@ class STML(Method):
         momentum: EMA m, 0.999. student_norm: L2-normalise f and g for the losses and f for
         evaluation (the code's ``--student_norm``, off). head_lr_scale: learning rate of both
         heads relative to ``train.lr`` (``--emb-lr`` / ``--lr``), 1. nn_encoder: "teacher" or
-        "student": which g head defines the nearest-neighbour batches.
+        "student": which g head defines the nearest-neighbour batches. pooling: "avg_max" (the
+        code's GAP + GMP sum) or "avg"; None: "avg_max" on torchvision backbones.
     """
 
     labels = "none"
@@ -217,8 +232,8 @@ class STML(Method):
         "deviations": [
             "nearest-neighbour batches from the EMA teacher's g embedding (DESIGN.md; the code uses "
             "the student's g; nn_encoder='student' reproduces it); no k-means, as in the code",
-            "the heads sit on the backbone's own pooled features (global average pooling for "
-            "ResNets, the fc features of small_cnn), not the code's GAP + GMP sum",
+            "on backbones without a global average pool (small_cnn, ResNet-12) the heads sit on "
+            "the backbone's own features, not the code's GAP + GMP sum",
             "the teacher backbone starts as a copy of the student backbone (the code builds it "
             "from the same pretrained weights, so they agree except for from-scratch backbones, "
             "whose teacher the code initialises independently)",
@@ -235,9 +250,11 @@ class STML(Method):
     def __init__(self, backbone, *, embedding_dim: int = 512, g_dim: int = 1024, sigma: float = 3.0,
                  delta: float = 1.0, nn_per_seed: int = 5, topk: int = None, lam: float = 0.5,
                  kl_weight: float = 1.0, kl_temperature: float = 1.0, momentum: float = 0.999,
-                 student_norm: bool = False, head_lr_scale: float = 1.0, nn_encoder: str = "teacher"):
+                 student_norm: bool = False, head_lr_scale: float = 1.0, nn_encoder: str = "teacher",
+                 pooling: str = None):
         if nn_encoder not in self.NN_ENCODERS:
             raise ConfigError(f"methods.stml.params.nn_encoder is '{nn_encoder}'; valid: {', '.join(self.NN_ENCODERS)}")
+        _set_pooling(backbone, pooling)
         if nn_per_seed < 1:
             raise ConfigError(f"methods.stml.params.nn_per_seed is {nn_per_seed}; it must be at least 1")
         super().__init__(backbone)

@@ -6,6 +6,7 @@ methods put their heads on top.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -119,6 +120,24 @@ def load_weights(net: nn.Module, path, ignore=("fc.",)) -> None:
     if missing or unexpected:
         raise ConfigError(f"backbone weights_file {path} does not fit the architecture: "
                           f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+class AvgMaxPool(nn.Module):
+    """Global average plus global max pooling, summed: STML's networks (``code/net/resnet.py``)."""
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1)
+
+
+def set_global_pooling(backbone: nn.Module, kind: str) -> bool:
+    """Make a torchvision backbone (possibly behind ``Normalize``) pool globally by ``kind``:
+    "avg" (torchvision's) or "avg_max" (AvgMaxPool). False when ``backbone`` has no global
+    average pool to replace (small_cnn, ResNet-12): the caller decides whether that is an error."""
+    nets = [m.net for m in backbone.modules() if isinstance(m, TorchvisionBackbone)]
+    if not nets or not isinstance(nets[0].avgpool, (nn.AdaptiveAvgPool2d, AvgMaxPool)):
+        return False
+    nets[0].avgpool = AvgMaxPool() if kind == "avg_max" else nn.AdaptiveAvgPool2d(1)
+    return True
 
 
 class Normalize(nn.Module):
