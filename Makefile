@@ -5,7 +5,7 @@ CORES ?= 2
 # The rules call `fgbench`, which lives in the virtual environment.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup data test-deps run report test clean
+.PHONY: setup data test-deps run report test clean gpu-wheels
 
 setup: $(VENV)/.installed data
 
@@ -46,3 +46,16 @@ test: setup test-deps
 
 clean:
 	rm -rf results .snakemake
+
+# Wheels of what benchmarks/gpu_check.sh needs beyond torch, torchvision, numpy, pandas,
+# scikit-learn, matplotlib and PyYAML, for a GPU machine without a package index (its Python:
+# GPU_PYTHON). faiss-cpu, not faiss-gpu: the check does not search at scale, and faiss-gpu's
+# wheel alone is several times the 19 MB these take. adamp has no wheel on PyPI: built here.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := faiss-cpu pytorch-metric-learning tqdm pytest pluggy iniconfig
+gpu-wheels:
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .gpu-wheels $(GPU_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w .gpu-wheels adamp
+	@du -sh .gpu-wheels

@@ -4,12 +4,12 @@ an ImageNet-like folder, for the single-view and MoCo-v2 two-view pipelines, rea
 - file: today's JPEG-file path, exactly what a worker runs: ``ImageDataset.__getitems__`` over
   ``ImageFiles`` with ``build_augment("moco_v2", 224)`` (PIL decode, float tensor, random
   resized crop, colour jitter, grayscale, blur, flip, per image and per view);
-- store: an image store built by ``fgbench.data.store`` (shorter side 256) read per image, then
-  the per-image work left to a worker once colour jitter, grayscale and blur run on the batch on
-  the training device: torchvision v2 ``RandomResizedCrop(224, scale=(0.2, 1), antialias=True)``
-  and ``RandomHorizontalFlip`` on the uint8 tensor (the ``devaug`` split of the augmentation is
-  not on this branch, so torchvision stands in for its worker half);
-- floor: PIL decode + the same torchvision crop and flip alone (the least the file path can cost).
+- store: an image store built by ``fgbench.data.store`` (shorter side 256) read per image by
+  ``ImageDataset(..., uint8=True)`` with the worker half of ``split_augment("moco_v2", 224)``
+  (what a worker runs with ``train.batch_augment: true``: torchvision v2
+  ``RandomResizedCrop(224, scale=(0.2, 1), antialias=True)`` and ``RandomHorizontalFlip`` on the
+  uint8 tensor; colour jitter, grayscale and blur run on the batch on the training device);
+- floor: PIL decode + the same crop and flip alone (the least the file path can cost).
 
 A fourth row, ``store as JPEG q95``, keeps the store's 256-pixel images re-encoded (quality 95)
 instead of raw pixels: smaller on disk, but every read decodes again; the raw store is used when
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from fgbench.data.images import ImageFiles, decode_image
 from fgbench.data.store import build_store, open_store
-from fgbench.data.transforms import ImageDataset, build_augment
+from fgbench.data.transforms import ImageDataset, build_augment, split_augment
 
 SIZE, STORE_SIZE, WIDTH, HEIGHT = 224, 256, 500, 375
 
@@ -91,9 +91,8 @@ def per_second(pipelines: dict, count: int, batch: int = 32) -> dict:
 
 
 def crop_flip():
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RandomResizedCrop(SIZE, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    """MoCo-v2's worker half under batch augmentation: crop and flip on uint8."""
+    return split_augment("moco_v2", SIZE)[0]
 
 
 def uint8_views(read, views: int):
@@ -150,7 +149,7 @@ def main():
         for views in (1, 2):
             pipelines = {
                 "file": ImageDataset(files, labels, augment, views=views).__getitems__,
-                "store": uint8_views(store.__getitem__, views),
+                "store": ImageDataset(store, labels, crop_flip(), views=views, uint8=True).__getitems__,
                 "store as JPEG q95": uint8_views(lambda i: decode_image(io.BytesIO(blobs[i]), str(i), ""), views),
                 "floor": uint8_views(files.__getitem__, views),
             }
@@ -169,8 +168,8 @@ def main():
     print(f"\nstore on disk: {store_bytes / 1e3:.0f} kB per image raw uint8 (shorter side {STORE_SIZE}), "
           f"{sum(map(len, blobs)) / len(blobs) / 1e3:.0f} kB as JPEG q95; the source JPEGs {jpeg_bytes / 1e3:.0f} kB; "
           f"building it: {1e3 * build_s:.1f} ms per image on 1 thread")
-    print("store path: torchvision v2 RandomResizedCrop(antialias=True) + flip on the uint8 tensor "
-          "(devaug's worker-side split is not on this branch)")
+    print("store path: ImageDataset(uint8=True) with split_augment('moco_v2')'s worker half "
+          "(RandomResizedCrop(antialias=True) + flip on the uint8 tensor)")
 
 
 if __name__ == "__main__":

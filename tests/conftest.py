@@ -92,3 +92,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """A test skipped without CUDA also carries the marker ``cuda``: benchmarks/gpu_check.sh runs
+    them all with ``-m cuda``."""
+    for item in items:
+        if any("CUDA" in mark.kwargs.get("reason", "") for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)

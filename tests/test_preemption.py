@@ -7,7 +7,8 @@ step of an epoch, right after a checkpoint, halfway through writing one); the ru
 the uninterrupted one run in the test process. Methods: ANCOR at every kill point (queues and a
 key encoder), and a mid-epoch kill for each method with other training state: SCGM-G (E-step
 pseudo-labels), STML (EMA teacher, nearest-neighbour batches), LSD (teacher snapshot) and vMF
-(its data-dependent initial scale)."""
+(its data-dependent initial scale); and ANCOR with batch augmentation on the device (MoCo-v2's
+colour part drawn per batch from (seed, epoch, step))."""
 
 import io
 import os
@@ -47,9 +48,14 @@ def data(tmp_path_factory):
     return prepared_fashion(tmp_path_factory.mktemp("preemption"), n_train=16, n_test=8)
 
 
+# variants of a method's run: extra train keys
+VARIANTS = {"ancor+batch_augment": ("ancor", {"augment": "moco_v2", "batch_augment": True})}
+
+
 def run_spec(method):
+    method, train = VARIANTS.get(method, (method, {}))
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["train"].update(epochs=EPOCHS, device="cpu", batch_size=20 if method == "stml" else 32)
+    cfg["train"].update(epochs=EPOCHS, device="cpu", batch_size=20 if method == "stml" else 32, **train)
     cfg["methods"][method]["train"] = {k: v for k, v in cfg["methods"][method].get("train", {}).items() if k != "batch_size"}
     cfg["methods"][method]["params"] = {**cfg["methods"][method].get("params", {}), **PARAMS.get(method, {})}
     return fgconfig.train_spec(fgconfig.validate(cfg), "fashion_mnist", SETTINGS[method], method, 0)
@@ -80,7 +86,7 @@ def uninterrupted(data, tmp_path_factory):
 
     def run(method, prepared=data):
         if (method, prepared) not in done:
-            done[method, prepared] = tmp_path_factory.mktemp(f"full-{method}")
+            done[method, prepared] = tmp_path_factory.mktemp(f"full-{method.replace('+', '-')}")
             loop.train(run_spec(method), prepared, done[method, prepared])
         return done[method, prepared]
 
@@ -179,7 +185,8 @@ def assert_same_run(full, resumed, data):
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    log_a, log_b = (pd.read_csv(d / "train_log.csv").drop(columns="seconds") for d in (full, resumed))
+    timing = ["seconds", "images_per_s", "data_wait"]  # wall-clock columns
+    log_a, log_b = (pd.read_csv(d / "train_log.csv").drop(columns=timing) for d in (full, resumed))
     pd.testing.assert_frame_equal(log_a, log_b, check_exact=True)
     (features_a, recall_a), (features_b, recall_b) = (embeddings_and_recall(d / "model.pt", data) for d in (full, resumed))
     assert np.array_equal(features_a, features_b)
@@ -229,7 +236,7 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(data, tmp_path
     assert_same_run(uninterrupted("ancor"), out, data)  # which also says the temporary file is gone
 
 
-@pytest.mark.parametrize("method", ["ancor", "scgm_g", "stml", "lsd", "vmf"])
+@pytest.mark.parametrize("method", ["ancor", "scgm_g", "stml", "lsd", "vmf", "ancor+batch_augment"])
 def test_killed_mid_epoch_resumes_from_the_last_checkpoint(data, tmp_path, uninterrupted, capsys, method):
     """Epoch 1 dies after one step: the resumed run repeats it from the checkpoint of epoch 0
     (SCGM-G then keeps the pseudo-labels of epoch 0's E-step; LSD takes its teacher anew; STML
@@ -241,11 +248,13 @@ def test_killed_mid_epoch_resumes_from_the_last_checkpoint(data, tmp_path, unint
     assert_same_run(uninterrupted(method), out, data)
 
 
-def test_killed_mid_epoch_with_an_image_store_resumes_exactly(stored_data, tmp_path, uninterrupted, capsys):
-    """ANCOR (two views, queues) reading an image store item by item: the resumed run repeats
-    epoch 1 from its checkpoint and ends as the uninterrupted run on the same store."""
-    spec, out = run_spec("ancor"), tmp_path / "run"
+@pytest.mark.parametrize("method", ["ancor", "ancor+batch_augment"])
+def test_killed_mid_epoch_with_an_image_store_resumes_exactly(stored_data, tmp_path, uninterrupted, capsys, method):
+    """ANCOR (two views, queues) reading an image store item by item, with the whole augmentation
+    in the workers or its colour part on the batch (the paper-scale GPU path): the resumed run
+    repeats epoch 1 from its checkpoint and ends as the uninterrupted run on the same store."""
+    spec, out = run_spec(method), tmp_path / "run"
     killed_run(spec, stored_data, out, ("step", 1, 1))
     assert checkpoint_epoch(out) == 1
     assert f"resuming from {out / loop.CHECKPOINT} after epoch 1" in resume(spec, stored_data, out, capsys)
-    assert_same_run(uninterrupted("ancor", stored_data), out, stored_data)
+    assert_same_run(uninterrupted(method, stored_data), out, stored_data)

@@ -134,7 +134,7 @@ def test_bf16_run_trains_under_autocast_without_a_scaler(tmp_path, monkeypatch):
 
     scalers = []
     monkeypatch.setattr(SupervisedCoarse, "training_step", recording_step)
-    monkeypatch.setattr(loop, "_Run", lambda m, o, s: scalers.append(s) or _RealRun(m, o, s))
+    monkeypatch.setattr(loop, "_Run", lambda m, o, s, *rest: scalers.append(s) or _RealRun(m, o, s, *rest))
     loop.train(spec, prepared_fashion(tmp_path, n_train=60, n_test=5), tmp_path / "out")
     assert seen and all(seen) and not scalers[0].is_enabled()
 

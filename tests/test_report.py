@@ -318,6 +318,19 @@ def test_curves_of_a_label_free_run(tmp_path, monkeypatch):
     assert (tmp_path / "stml.png").stat().st_size > 5000
 
 
+def test_curves_draw_the_throughput_with_data_waiting_in_percent(tmp_path, monkeypatch):
+    from fgbench.report.curves import THROUGHPUT_PANEL, curve_panels, plot_curves
+
+    log = SCGM_LOG.replace("seconds\n", "seconds,images_per_s,data_wait\n").replace(",15.7\n", ",15.7,410.5,0.31\n")
+    log = log.replace(",12.6\n", ",12.6,520.0,0.12\n").replace(",12.5\n", ",12.5,530.2,0.1\n")
+    assert curve_panels(log.splitlines()[0].split(","))[THROUGHPUT_PANEL] == ["images_per_s", "data_wait"]
+    run = _run_dir(tmp_path, log, best=1)
+    lines, _ = _plotted(monkeypatch)
+    plot_curves(run / "train_log.csv", tmp_path / "curves.png")
+    assert lines["images_per_s"] == pytest.approx([410.5, 520.0, 530.2])
+    assert lines["data wait (% of step time)"] == pytest.approx([31, 12, 10])
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "not found"),
     ("", "is empty"),

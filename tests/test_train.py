@@ -128,3 +128,32 @@ def test_bn_group_size_changes_training_only_above_the_group_size(data, tmp_path
     assert not torch.equal(plain["backbone.features.1.running_mean"], grouped["backbone.features.1.running_mean"])
     method, _ = load_model(tmp_path / "groups" / "model.pt")
     assert type(method.backbone.features[1]) is torch.nn.BatchNorm2d
+
+
+def test_throughput_columns_and_the_data_waiting_hint(data, tmp_path, monkeypatch, capsys):
+    """images_per_s and data_wait per epoch: a loader that sleeps 1 s a batch waits most of the
+    step time, the logged rate is bounded by the images it handed out and the time it slept, and
+    the run says once what to change."""
+    from fgbench.data.transforms import ImageDataset
+
+    fetched, fetch = [], ImageDataset.__getitems__
+
+    def slow_fetch(self, indices):
+        time.sleep(1.0)
+        fetched.append(len(indices))
+        return fetch(self, indices)
+
+    monkeypatch.setattr(ImageDataset, "__getitems__", slow_fetch)
+    train(run_spec(epochs=1), data, tmp_path)
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    assert list(log.columns[-3:]) == ["seconds", "images_per_s", "data_wait"]
+    rate, wait = log.loc[0, "images_per_s"], log.loc[0, "data_wait"]
+    assert sum(fetched) / rate <= log.loc[0, "seconds"]  # the epoch's seconds include validation
+    train_seconds = sum(fetched) / rate
+    assert train_seconds >= 1.0 * len(fetched)  # the epoch lasted at least the sleeps
+    assert 1.0 * len(fetched) / train_seconds - 1e-3 <= wait <= 1  # and waited at least that long
+    assert wait > 0.2
+    hints = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hint:")]
+    assert hints == [f"hint: epoch 0 waited for data {wait:.0%} of its step time; feed it faster with more "
+                     "DataLoader workers (train.num_workers: 0 now), the decoded-image store (datasets.<name>.store: "
+                     "resized), train.batch_augment: true (colour augmentation on the training device)"]

@@ -154,6 +154,24 @@ def test_two_seeds_give_intervals_across_seeds(real_fashion, tmp_path):
 
 
 @pytest.mark.workflow
+def test_batch_augmentation_on_the_device_in_a_tiny_workflow(real_fashion, tmp_path):
+    """ANCOR with MoCo-v2's augmentation split (workers: uint8 crops; the loop: colour jitter,
+    grayscale and blur on the batch), through training, few-shot evaluation and the curves."""
+    cfg = tiny_config(real_fashion, combinations=[], benchmark={"fashion_mnist": {"coarse_to_fine": ["ancor"]}})
+    cfg["methods"]["ancor"]["train"] = {"augment": "moco_v2", "batch_augment": True}
+    cfg["protocols"] = {"fewshot_5way": cfg["protocols"]["fewshot_5way"]}
+    run = "fashion_mnist/coarse_to_fine/ancor/seed0"
+    snakemake(write_config(tmp_path, cfg), f"results/metrics/{run}/fewshot_5way.json", f"results/plots/curves/{run}.png")
+    spec = yaml.safe_load((tmp_path / f"results/models/{run}/config.yaml").read_text())
+    assert spec["train"]["batch_augment"] is True and spec["train"]["augment"] == "moco_v2"
+    log = pd.read_csv(tmp_path / f"results/models/{run}/train_log.csv")
+    assert (log["images_per_s"] > 0).all() and log["data_wait"].between(0, 1).all()
+    rows = yaml.safe_load((tmp_path / f"results/metrics/{run}/fewshot_5way.json").read_text())  # JSON is YAML
+    assert {r["layer"] for r in rows} == {"backbone", "head"} and all(0 <= r["value"] <= 1 for r in rows)
+    assert (tmp_path / f"results/plots/curves/{run}.png").stat().st_size > 5000
+
+
+@pytest.mark.workflow
 def test_single_target_builds_only_what_it_needs(real_fashion, tmp_path):
     write_config(tmp_path, tiny_config(real_fashion))
     target = "results/metrics/fashion_mnist/open_set/lsd/seed0/retrieval.json"

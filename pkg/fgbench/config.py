@@ -40,6 +40,11 @@ TRAIN_DEFAULTS = {
     "bn_group_size": None,
     "num_workers": 0,
     "device": "auto",  # auto (CUDA when present) | cpu | cuda
+    # workers ship uint8 crops; colour jitter, grayscale and blur run on the batch on the training
+    # device (false: the whole augmentation per image in the workers, as the releases)
+    "batch_augment": False,
+    "channels_last": False,  # channels-last memory format for convolutional backbones (faster on GPUs)
+    "compile": False,  # torch.compile the backbone
 }
 DATASET_DEFAULTS = {
     "root": None,
@@ -133,7 +138,7 @@ def _check_train(train: dict, key: str):
     if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
         raise ConfigError(f"config key '{key}.lr' must be a positive number, got {train['lr']!r}")
     _one_of(train["optimizer"], OPTIMIZERS, f"{key}.optimizer")
-    for flag in ("nesterov", "replacement", "drop_last"):
+    for flag in ("nesterov", "replacement", "drop_last", "batch_augment", "channels_last", "compile"):
         _one_of(train[flag], (False, True), f"{key}.{flag}")
     _one_of(train["sampler"], ("random", "class_random"), f"{key}.sampler")
     _one_of(train["precision"], PRECISIONS, f"{key}.precision")

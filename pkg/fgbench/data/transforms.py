@@ -88,6 +88,7 @@ class RandomResizedCropFlip(torch.nn.Module):
             out = self.resize_each(x, boxes, flip)
         else:
             out = self.resample_batch(x, boxes, flip)
+        out = as_dtype_of(out, images)
         return out[0] if single else out
 
     def resize_each(self, x, boxes, flip):
@@ -108,8 +109,15 @@ class RandomResizedCropFlip(torch.nn.Module):
         theta[:, 0, 0], theta[:, 1, 1] = sx, sy
         theta[:, 0, 2] = (left + w / 2) / width * 2 - 1
         theta[:, 1, 2] = (top + h / 2) / height * 2 - 1
-        grid = F.affine_grid(theta.to(x), (b, c, self.size, self.size), align_corners=False)
+        grid = F.affine_grid(theta.to(x.device), (b, c, self.size, self.size), align_corners=False)
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def as_dtype_of(out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Float pixels ``out`` back in the dtype of ``images`` (uint8: rounded, as PIL stores them)."""
+    if images.dtype != torch.uint8:
+        return out
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _moco_v2(v2, size, blur=True):
@@ -145,7 +153,9 @@ class RandomOcclusion(torch.nn.Module):
         left = int(torch.randint(0, width - self.size + 1, ()))
         top = int(torch.randint(0, height - self.size + 1, ()))
         out = image.clone()
-        fill = torch.as_tensor(0.0 if self.fill is None else self.fill, dtype=image.dtype)
+        fill = torch.as_tensor(0.0 if self.fill is None else self.fill)
+        fill = (fill * 255).round() if image.dtype == torch.uint8 else fill  # mean is in [0, 1]
+        fill = fill.to(image.dtype)
         out[:, top : top + self.size, left : left + self.size] = fill.reshape(-1, 1, 1)
         return out
 
@@ -215,16 +225,222 @@ def build_augment(name: str, image_size: int, mean=None):
     return AUGMENTS[name](v2, image_size, mean)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1] (raw pixels / 255)."""
+# --- batch augmentation on the training device ------------------------------------------------
+# A training augmentation splits into a per-image part (crop, resize, flip: geometry, in DataLoader
+# workers on uint8) and a batch part (colour jitter, grayscale, blur: pixel-wise or a small
+# convolution, on the whole batch on the training device, with per-image parameters). Moving the
+# flip ahead of the colour ops is exact (they commute with a mirror); see docs/deviations.md for
+# what is not.
+
+# parameter columns of one image: jitter on, the order of the four jitter ops (a rank per op),
+# brightness, contrast, saturation and hue factors, grayscale on, blur on, blur sigma
+_ON, _ORDER, _FACTORS, _GRAY, _BLUR, _SIGMA = 0, slice(1, 5), slice(5, 9), 9, 10, 11
+_PARAMS = 12
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma of RGB (B, 3, H, W) as (B, 1, H, W), torchvision's rgb_to_grayscale."""
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(x, other, factor):
+    return (factor * x + (1 - factor) * other).clamp_(0, 1)
+
+
+def _adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue with one factor per image (its own batched HSV conversions)."""
+    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+    h, s, v = _rgb_to_hsv(x).unbind(1)
+    return _hsv_to_rgb(torch.stack([(h + factor[:, None, None]).remainder_(1.0), s, v], 1))
+
+
+class BatchColour:
+    """The colour part of a training augmentation, on a float batch (B, C, H, W) in [0, 1] on
+    any device: ``RandomApply(ColorJitter(b, c, s, h), p=jitter_p)``, ``RandomGrayscale(gray_p)``
+    and ``RandomApply(GaussianBlur(blur_kernel, sigma), p=blur_p)`` with torchvision v2's
+    semantics, every image drawing its own parameters (and its own order of the four jitter
+    operations, as ColorJitter draws a permutation per call).
+
+    ``draw(n, generator)`` draws the (n, 12) parameters on the CPU (the same numbers on any
+    device); ``apply(images, params)`` applies them on the images' device.
+    """
+
+    def __init__(self, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=1.0, gray_p=0.0, blur_kernel=0, blur_p=0.0,
+                 blur_sigma=(0.1, 2.0)):
+        b, c, s, h = jitter
+        # torchvision's ColorJitter ranges: [max(0, 1 - v), 1 + v] for b, c, s; [-h, h] for hue;
+        # a zero strength skips the operation
+        self.ranges = [(max(0.0, 1 - v), 1 + v) if v else None for v in (b, c, s)] + [(-h, h) if h else None]
+        self.jitter_p, self.gray_p, self.blur_p = jitter_p, gray_p, blur_p
+        self.blur_kernel, self.blur_sigma = blur_kernel, blur_sigma
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(n, _PARAMS, generator=generator, dtype=torch.float64)
+        params = torch.zeros(n, _PARAMS, dtype=torch.float64)
+        params[:, _ON] = u[:, _ON] < self.jitter_p
+        params[:, _ORDER] = u[:, _ORDER].argsort(1).argsort(1).double()  # a uniform random permutation
+        for k, bounds in enumerate(self.ranges):
+            if bounds is not None:
+                params[:, 5 + k] = bounds[0] + (bounds[1] - bounds[0]) * u[:, 5 + k]
+        params[:, _GRAY] = u[:, _GRAY] < self.gray_p
+        params[:, _BLUR] = u[:, _BLUR] < self.blur_p
+        lo, hi = self.blur_sigma
+        params[:, _SIGMA] = lo + (hi - lo) * u[:, _SIGMA]
+        return params.float()
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        params = params.to(x.device, non_blocking=True)
+        x = self._jitter(x.clone(), params)
+        if self.gray_p and x.shape[1] == 3:
+            gray = params[:, _GRAY].bool()
+            x[gray] = _gray(x[gray]).expand(-1, 3, -1, -1)
+        if self.blur_p:
+            blurred = params[:, _BLUR].nonzero().squeeze(1)
+            if len(blurred):
+                x[blurred] = self._blur(x[blurred], params[blurred, _SIGMA])
+        return x
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(x, self.draw(len(x), generator))
+
+    def _jitter(self, x, params):
+        """The four operations in each image's own order (position by position, each on the
+        images that take it there), on the images whose jitter is on."""
+        on = params[:, _ON].bool()
+        order = params[:, _ORDER].long()
+        for position in range(4):
+            for op, bounds in enumerate(self.ranges):
+                if bounds is None:
+                    continue
+                chosen = (on & (order[:, op] == position)).nonzero().squeeze(1)
+                if len(chosen):
+                    x[chosen] = self._op(op, x[chosen], params[chosen, 5 + op])
+        return x
+
+    @staticmethod
+    def _op(op: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        f = factor[:, None, None, None]
+        rgb = x.shape[1] == 3
+        if op == 0:  # brightness: blend with black
+            return (f * x).clamp_(0, 1)
+        if op == 1:  # contrast: blend with the mean grey level of the image
+            return _blend(x, (_gray(x) if rgb else x).mean((1, 2, 3), keepdim=True), f)
+        if not rgb:  # saturation and hue leave one-channel images alone (as PIL does)
+            return x
+        if op == 2:  # saturation: blend with the image's grey version
+            return _blend(x, _gray(x), f)
+        return _adjust_hue(x, factor)
+
+    def _blur(self, x, sigma):
+        """torchvision's GaussianBlur (kernel ``blur_kernel``, reflect padding), one sigma per
+        image, as two 1-D convolutions over every (image, channel) at once."""
+        b, c, height, width = x.shape
+        k = self.blur_kernel
+        lim = (k - 1) / (2.0 * math.sqrt(2.0))
+        grid = torch.linspace(-lim, lim, k, device=x.device, dtype=x.dtype)
+        kernel = torch.softmax(-(grid[None] / sigma[:, None].to(x.dtype)) ** 2, dim=1)  # (B, k), as torchvision
+        kernel = kernel.repeat_interleave(c, 0)
+        y = F.pad(x.reshape(1, b * c, height, width), [k // 2] * 4, mode="reflect")
+        y = F.conv2d(y, kernel[:, None, None, :], groups=b * c)
+        y = F.conv2d(y, kernel[:, None, :, None], groups=b * c)
+        return y.reshape(b, c, height, width)
+
+
+def _crop_flip(v2, size, scale, ratio=(3 / 4, 4 / 3), resize=None):
+    steps = [resize] if resize is not None else []
+    return v2.Compose([*steps, v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
+                       v2.RandomHorizontalFlip()])
+
+
+def _moco_v2_split(v2, size, blur=True):
+    colour = BatchColour((0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
+                         blur_kernel=2 * (size // 20) + 1, blur_p=0.5 if blur else 0.0)
+    return _crop_flip(v2, size, (0.2, 1.0)), colour
+
+
+def _vmf_split(v2, size, *, squash, jitter, ratio):
+    """vMF's retrieval augmentation (``_vmf_retrieval``) with its jitter moved after the crop."""
+    resize = _squash(v2, size) if squash else v2.Resize(_resize_size(size), antialias=True)
+    return _crop_flip(v2, size, (0.16, 1.0), ratio, resize), BatchColour(jitter)
+
+
+# name -> builder(v2, image_size, mean) -> (per-image part, BatchColour) of the augmentations that
+# have a colour part; every other augmentation is all per-image (its batch part: None)
+SPLIT_AUGMENTS = {
+    "moco_v2": lambda v2, size, mean: _moco_v2_split(v2, size),
+    "moco_v2_noblur": lambda v2, size, mean: _moco_v2_split(v2, size, blur=False),
+    "vmf_cub": lambda v2, size, mean: _vmf_split(v2, size, squash=False, jitter=(0.25, 0.25, 0.25, 0.0),
+                                                 ratio=(3 / 4, 4 / 3)),
+    "vmf_cars": lambda v2, size, mean: _vmf_split(v2, size, squash=True, jitter=(0.3, 0.3, 0.3, 0.1), ratio=(1.0, 1.0)),
+}
+
+
+def split_augment(name: str, image_size: int, mean=None):
+    """``(per_image, per_batch)`` halves of the training augmentation ``name``: ``per_image``
+    maps a uint8 (C, H, W) image (or, for RandomResizedCropFlip, a uint8 batch) to uint8
+    (C, size, size) crops in DataLoader workers; ``per_batch`` is the BatchColour to apply to
+    the float batch on the training device, or None when the augmentation has no colour part."""
+    if name not in SPLIT_AUGMENTS:
+        return build_augment(name, image_size, mean), None
+    from torchvision.transforms import v2
+
+    return SPLIT_AUGMENTS[name](v2, image_size, mean)
+
+
+def batch_seed(seed: int, epoch: int, stream: int, step: int) -> int:
+    """The seed of one batch's colour parameters: a hash of (run seed, epoch, stream, step), so
+    a resumed epoch draws exactly what the uninterrupted one drew. Stream 0 is the training
+    pass, 1, 2, ... an epoch hook's passes over the training set."""
+    return int(np.random.SeedSequence([seed, epoch, stream, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class BatchAugment:
+    """The device side of batch augmentation for training batch dicts: ``draw`` adds each
+    view's colour parameters to a (CPU) batch, seeded by ``batch_seed``; after sharing and the
+    move to the device, ``apply`` turns the uint8 views into float in [0, 1] and applies the
+    colour part, each view with its own parameters (MoCo's two views: independent draws)."""
+
+    VIEWS = ("images", "view2")
+
+    def __init__(self, colour: "BatchColour | None", channels_last: bool = False):
+        self.colour, self.channels_last = colour, channels_last
+
+    def draw(self, batch: dict, seed: int) -> dict:
+        if self.colour is None:
+            return batch
+        generator = torch.Generator().manual_seed(seed)
+        params = {f"{v}_colour": self.colour.draw(len(batch[v]), generator) for v in self.VIEWS if v in batch}
+        return {**batch, **params}
+
+    def apply(self, batch: dict) -> dict:
+        batch = dict(batch)
+        for view in self.VIEWS:
+            if view not in batch:
+                continue
+            x, params = batch[view], batch.pop(f"{view}_colour", None)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x
+            if params is not None:
+                x = self.colour.apply(x, params)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch[view] = x
+        return batch
+
+
+def to_tensor(images: np.ndarray, uint8: bool = False) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1] (raw pixels / 255), or
+    with ``uint8`` the uint8 pixels in that layout."""
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return x.float().div_(255)
+    return x if uint8 else x.float().div_(255)
 
 
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1]."""
-    return to_tensor(np.asarray(image)[None])[0]
+def image_tensor(image: np.ndarray, uint8: bool = False) -> torch.Tensor:
+    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1] (``uint8``: uint8, a
+    copy: a decoded image's array may be read-only)."""
+    return to_tensor((np.array if uint8 else np.asarray)(image)[None], uint8)[0]
 
 
 class ImageDataset(Dataset):
@@ -234,11 +450,15 @@ class ImageDataset(Dataset):
     CIFAR); memmapped arrays and image files are read and decoded per item (in DataLoader
     workers). Augmentation draws from the global torch RNG, which the training loop seeds per
     epoch, so runs and resumes are reproducible.
+
+    With ``uint8`` (batch augmentation: ``transform`` is the per-image half of
+    ``split_augment``), images stay uint8 from decoding to the batch, a quarter of float's bytes
+    through the workers' queues and the copy to the device, which converts them.
     """
 
-    def __init__(self, images, labels: torch.Tensor, transform=None, views: int = 1):
-        self.tensor = to_tensor(images) if is_in_memory(images) else None
-        self.images, self.labels, self.transform, self.views = images, labels, transform, views
+    def __init__(self, images, labels: torch.Tensor, transform=None, views: int = 1, uint8: bool = False):
+        self.tensor = to_tensor(images, uint8) if is_in_memory(images) else None
+        self.images, self.labels, self.transform, self.views, self.uint8 = images, labels, transform, views, uint8
 
     def __len__(self):
         return len(self.labels)
@@ -255,7 +475,7 @@ class ImageDataset(Dataset):
         if self.tensor is not None:
             images = self.tensor[idx]
         else:
-            images = [image_tensor(self.images[i]) for i in indices]
+            images = [image_tensor(self.images[i], self.uint8) for i in indices]
             images = images if self.transform is not None else torch.stack(images)
         batch = {"images": self._augment(images), "labels": self.labels[idx], "index": idx}
         if self.views == 2:

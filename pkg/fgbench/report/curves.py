@@ -2,9 +2,11 @@
 
 The training loop (:mod:`fgbench.train.loop`) writes one row per epoch: ``epoch``, ``lr``,
 ``loss``, the method's own terms (``*_loss``, ``*accuracy``, others such as vMF's ``beta``),
-``val_recall@1`` (empty for label-free methods, which keep their last epoch) and ``seconds``.
-The plot has one panel per kind of column: loss terms; validation Recall@1 and training
-accuracies (in %); the learning rate; any other logged term. The epoch the run selected
+``val_recall@1`` (empty for label-free methods, which keep their last epoch), ``seconds``, and
+the throughput: ``images_per_s`` and ``data_wait`` (the fraction of step time spent waiting for
+data). The plot has one panel per kind of column: loss terms; validation Recall@1 and training
+accuracies (in %); the learning rate; the throughput (images/s, and data waiting in % on a
+second axis); any other logged term. The epoch the run selected
 (``best_epoch`` in the ``config.yaml`` written beside the log) is marked in every panel.
 """
 
@@ -22,10 +24,12 @@ from matplotlib.ticker import MaxNLocator
 from fgbench.errors import FgbenchError
 from fgbench.io import atomic_path
 
-__all__ = ["ACCURACY_PANEL", "VAL_COLUMN", "best_epoch", "curve_panels", "plot_curves", "read_train_log"]
+__all__ = ["ACCURACY_PANEL", "THROUGHPUT_PANEL", "VAL_COLUMN", "best_epoch", "curve_panels", "plot_curves", "read_train_log"]
 
 VAL_COLUMN = "val_recall@1"
 ACCURACY_PANEL = "Recall@1 and accuracy (%)"
+THROUGHPUT_PANEL = "throughput"
+WAIT_COLUMN = "data_wait"
 #: Bookkeeping columns: the x axis and the wall time are not curves.
 _NOT_CURVES = {"epoch", "seconds"}
 
@@ -72,16 +76,22 @@ def curve_panels(columns) -> dict[str, list[str]]:
     losses = [c for c in columns if c == "loss" or c.endswith("_loss")]
     accuracies = [c for c in columns if c == VAL_COLUMN or c.endswith("accuracy")]
     rate = [c for c in columns if c == "lr"]
-    other = [c for c in columns if c not in {*losses, *accuracies, *rate}]
-    panels = {"loss": losses, ACCURACY_PANEL: accuracies, "learning rate": rate, "other terms": other}
+    throughput = [c for c in columns if c in ("images_per_s", WAIT_COLUMN)]
+    other = [c for c in columns if c not in {*losses, *accuracies, *rate, *throughput}]
+    panels = {"loss": losses, ACCURACY_PANEL: accuracies, "learning rate": rate, THROUGHPUT_PANEL: throughput,
+              "other terms": other}
     return {title: cols for title, cols in panels.items() if cols}
 
 
-def _draw(ax, log: pd.DataFrame, title: str, cols: list[str]) -> None:
-    scale = 100.0 if title == ACCURACY_PANEL else 1.0
+def _draw(ax, log: pd.DataFrame, title: str, cols: list[str]):
+    """Draw the panel's columns; returns its second y axis (data waiting), or None."""
+    twin, scale = None, 100.0 if title == ACCURACY_PANEL else 1.0
     for col in cols:
         values = log[col]
         if values.isna().all():  # label-free methods: no validation score to draw
+            continue
+        if col == WAIT_COLUMN:
+            twin = _draw_wait(ax, log)
             continue
         emphasis = {"linewidth": 2.2} if col in ("loss", VAL_COLUMN) else {"linewidth": 1.2}
         # markers, so that a one-epoch run still shows its points
@@ -94,6 +104,30 @@ def _draw(ax, log: pd.DataFrame, title: str, cols: list[str]) -> None:
             ax.set_yscale("log")  # warm-up and decay span decades
         else:
             ax.set_ylim(bottom=0)  # a constant rate reads as constant, not as noise around an offset
+    if title == THROUGHPUT_PANEL:
+        ax.set_ylim(bottom=0)
+    return twin
+
+
+def _draw_wait(ax, log: pd.DataFrame):
+    """Data waiting in % of step time, on a second y axis (0-100) of the throughput panel."""
+    wait = ax.twinx()
+    wait.plot(log["epoch"], 100 * log[WAIT_COLUMN], color="tab:gray", linestyle=":", marker="s", markersize=3,
+              linewidth=1.2, label="data wait (% of step time)")
+    wait.set_ylim(0, 100)
+    wait.set_ylabel("data wait (%)", fontsize="small")
+    ax.set_ylabel("images/s", fontsize="small")
+    return wait
+
+
+def _legend(ax, twin) -> None:
+    """One legend per panel, with the lines of its second axis (``twin``, or None) too."""
+    handles, labels = [], []
+    for axis in (ax,) if twin is None else (ax, twin):
+        h, lab = axis.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    if handles:
+        ax.legend(handles, labels, fontsize="x-small", loc="best")
 
 
 def _mark_best(axes, epoch: int | None) -> None:
@@ -123,18 +157,16 @@ def plot_curves(log_path: str | os.PathLike, out_png: str | os.PathLike,
     FigureCanvasAgg(fig)
     # a shared epoch axis: a panel with nothing to draw (label-free runs) keeps the run's epochs
     axes = fig.subplots(1, len(panels), squeeze=False, sharex=True)[0]
-    for ax, (title, cols) in zip(axes, panels.items()):
-        _draw(ax, log, title, cols)
+    twins = [_draw(ax, log, title, cols) for ax, (title, cols) in zip(axes, panels.items())]
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if len(log) == 1:
         axes[0].set_xlim(log["epoch"].iloc[0] - 1, log["epoch"].iloc[0] + 1)
     _mark_best(axes, best_epoch(config_path))
-    for ax, (title, cols) in zip(axes, panels.items()):
+    for ax, twin, (title, cols) in zip(axes, twins, panels.items()):
         if VAL_COLUMN in cols and log[VAL_COLUMN].isna().all():
             ax.text(0.5, 0.5, "no validation Recall@1\n(label-free: last epoch kept)", ha="center",
                     va="center", transform=ax.transAxes, fontsize="small", color="gray")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="x-small", loc="best")
+        _legend(ax, twin)
     epochs = len(log)
     timing = f", {_duration(log['seconds'].sum())}" if "seconds" in log else ""
     fig.suptitle(f"{name or Path(log_path).parent}: {epochs} epoch{'s' * (epochs != 1)}{timing}", fontsize="medium")

@@ -30,7 +30,7 @@ from ..config import spec_hash
 from ..data import load_prepared
 from ..data.noise import symmetric_label_noise
 from ..data.samplers import ClassRandomBatchSampler
-from ..data.transforms import ImageDataset, build_augment, collate, eval_batches
+from ..data.transforms import BatchAugment, ImageDataset, batch_seed, build_augment, collate, eval_batches, split_augment
 from ..errors import DataError, TrainingError
 from ..evaluate.retrieval import nearest_neighbours, recall_at_k
 from ..io import atomic_path, atomic_write_text
@@ -40,6 +40,8 @@ from ..models import Normalize, get_backbone
 from .. import distributed
 
 CHECKPOINT = "checkpoint.pt"
+# an epoch whose step time is more than this fraction waiting for data gets a hint (once a run)
+DATA_WAIT_HINT = 0.2
 # train.precision -> autocast dtype (None: plain fp32, no autocast)
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -171,11 +173,26 @@ def _on_device(batches, device):
         yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _shares(batches, even=True):
-    """This rank's slice of each global batch (every rank loaded and augmented the whole batch,
-    drawing the same random numbers as one process would; see ``distributed``)."""
-    for batch in batches:
-        yield distributed.share(batch, even=even)
+def _device_batches(source, device, augment: BatchAugment, seeds: tuple, even=True):
+    """Global batches of ``source`` as this rank trains on them: the batch augmentation's
+    parameters drawn for the whole global batch (seeded by (run seed, epoch, stream) ``seeds``
+    and the step), this rank's slice of it (every rank loaded and augmented the whole batch,
+    drawing the same random numbers as one process would; see ``distributed``), moved to
+    ``device``, converted to float and augmented there."""
+    for step, batch in enumerate(source):
+        batch = distributed.share(augment.draw(batch, batch_seed(*seeds, step)), even=even)
+        yield augment.apply({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+
+
+def training_augment(spec: dict):
+    """(the per-image augmentation the workers run, the BatchAugment the loop applies on the
+    device): with ``train.batch_augment`` the halves of ``split_augment``, else the whole
+    augmentation per image (the device side then only sets the memory format)."""
+    t, mean = spec["train"], (spec.get("normalize") or [None])[0]
+    if not t["batch_augment"]:
+        return build_augment(t["augment"], spec["image_size"], mean), BatchAugment(None, t["channels_last"])
+    per_image, colour = split_augment(t["augment"], spec["image_size"], mean)
+    return per_image, BatchAugment(colour, t["channels_last"])
 
 
 def learning_rate(train: dict, epoch: int) -> float:
@@ -209,11 +226,28 @@ def _optimizer(spec, method):
 
 
 def autocast_dtype(precision: str, device: torch.device):
-    """The autocast dtype of ``train.precision`` on ``device``; None for fp32, and for fp16 off
-    CUDA (fp16 autocast with a gradient scaler is a CUDA recipe; there it runs in fp32)."""
+    """The autocast dtype of ``train.precision`` on ``device``; None for fp32, for fp16 off
+    CUDA (fp16 autocast with a gradient scaler is a CUDA recipe; there it runs in fp32) and for
+    bf16 on a GPU without bf16 (before Ampere: fp32, saying so)."""
     if precision == "fp16" and device.type != "cuda":
         return None
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        _say(f"train.precision bf16: {torch.cuda.get_device_name(device)} has no bf16; training in fp32")
+        return None
     return AUTOCAST_DTYPES[precision]
+
+
+def is_convolutional(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
+def set_layout(method, train: dict):
+    """``train.channels_last`` (convolutional backbones only: elsewhere it changes nothing) and
+    ``train.compile`` (the backbone compiled in place: the state dict keeps its keys)."""
+    if train["channels_last"] and is_convolutional(method):
+        method.to(memory_format=torch.channels_last)
+    if train["compile"]:
+        method.backbone.compile()
 
 
 def _autocast(device: torch.device, dtype):
@@ -250,10 +284,13 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 class _Run:
-    """State of one training run: what a checkpoint holds."""
+    """State of one training run: what a checkpoint holds, and how its batches reach the device
+    (``augment``: the BatchAugment; ``seed``: the run's seed, which seeds it)."""
 
-    def __init__(self, method, optimizer, scaler):
+    def __init__(self, method, optimizer, scaler, augment=None, seed=0):
         self.method, self.optimizer, self.scaler = method, optimizer, scaler
+        self.augment, self.seed = augment or BatchAugment(None), seed
+        self.hinted = False  # the data-waiting hint is printed once a run
         self.epoch = 0  # epochs completed
         self.best = {"epoch": None, "score": -float("inf"), "state": None}
         self.log = []
@@ -273,13 +310,39 @@ class _Run:
         self.epoch, self.best, self.log = ckpt["epoch"], ckpt["best"], ckpt["log"]
 
 
+class _Waits:
+    """``loader``'s batches, adding up the seconds spent waiting for them and the images they
+    hold (of the global batch: one count per sample, whatever its number of views)."""
+
+    def __init__(self, loader):
+        self.loader, self.seconds, self.images = loader, 0.0, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        started = time.perf_counter()
+        batches = iter(self.loader)  # starts the workers: waiting too
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - started
+            self.images += len(batch["labels"])
+            yield batch
+            started = time.perf_counter()
+
+
 def _train_epoch(run, step_module, loader, device, dtype, epoch):
     """One pass over ``loader``; ``step_module(batch)`` is the method's training step (in DDP
     under torchrun), autocast to ``dtype`` (None: fp32). Returns the epoch's mean loss and logs,
-    averaged over the ranks."""
+    averaged over the ranks, its images per second and the fraction of its time spent waiting
+    for the loader (``data_wait``)."""
     step_module.train()
     totals, steps = {}, 0
-    batches = _on_device(_shares(loader), device)
+    started, waits = time.perf_counter(), _Waits(loader)
+    batches = _device_batches(waits, device, run.augment, (run.seed, epoch, 0))
     progress = tqdm(batches, total=len(loader), desc=f"epoch {epoch}", mininterval=10, leave=False, disable=not distributed.is_main())
     for step, batch in enumerate(progress):
         with _autocast(device, dtype):
@@ -298,7 +361,9 @@ def _train_epoch(run, step_module, loader, device, dtype, epoch):
         for k, v in zip(["loss", *logs], values.tolist()):
             totals[k] = totals.get(k, 0.0) + v
         steps += 1
-    return {k: v / max(steps, 1) for k, v in totals.items()}
+    seconds = time.perf_counter() - started
+    return {**{k: v / max(steps, 1) for k, v in totals.items()},
+            "images_per_s": round(waits.images / seconds, 1), "data_wait": round(waits.seconds / seconds, 4)}
 
 
 def _validation_score(method, spec, val, device):
@@ -334,18 +399,20 @@ def _train(spec, data_path, out_dir, device):
     train_split, val_split, classes, labels, data_hash = _splits(spec, data_path)
     input_shape = image_shape(spec, train_split.images)
     views = get_method_class(spec["method"]).views
-    augment = build_augment(spec["train"]["augment"], spec["image_size"], (spec.get("normalize") or [None])[0])
-    dataset = ImageDataset(train_split.images, labels, augment, views=views)
+    augment, device_side = training_augment(spec)
+    dataset = ImageDataset(train_split.images, labels, augment, views=views, uint8=spec["train"]["batch_augment"])
 
     seed_everything(spec["seed"])
     method = build_model(spec, len(classes), *input_shape, len(dataset)).to(device)
+    set_layout(method, spec["train"])
     group_size = spec["train"]["bn_group_size"]
     if group_size:  # the releases' per-GPU BatchNorm, in this process too
         method = distributed.group_batchnorm(method, group_size)
     elif world > 1 and not method.shuffle_bn:
         method = distributed.sync_batchnorm(method, device)
     # bf16 keeps fp32's exponent range: only fp16 needs the gradient scaler
-    run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
+    run = _Run(method, _optimizer(spec, method), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+               device_side, spec["seed"])
     # provenance: the spec, the prepared data and the code; a checkpoint of anything else is not resumed
     digest, ckpt_path = run_hash(spec_hash(spec), data_hash), out_dir / CHECKPOINT
     run.provenance = digest
@@ -358,12 +425,14 @@ def _train(spec, data_path, out_dir, device):
         started = time.time()
         generator = _start_epoch(run, spec, epoch)
 
+        passes = iter(range(1, 1_000_000))  # the epoch hook's passes: streams 1, 2, ... of batch_seed
+
         def batches(augment=True):
             if augment:
                 source = _loader(spec, dataset, labels, generator, whole_set=True)
             else:
                 source = _plain_batches(spec, train_split.images, labels)
-            return _on_device(_shares(source, even=False), device)
+            return _device_batches(source, device, run.augment, (spec["seed"], epoch, next(passes)), even=False)
 
         run.method.on_epoch_start(epoch, batches)
         own = run.method.batch_sampler(spec["train"]["batch_size"], generator)
@@ -458,8 +527,21 @@ def _finish_epoch(run, spec, val_split, device, epoch, stats, started) -> None:
     if score is None or score > run.best["score"]:
         run.best = {"epoch": epoch, "score": score if score is not None else -float("inf"),
                     "state": {k: v.detach().cpu().clone() for k, v in run.method.inference_state().items()}}
-    run.log.append({"epoch": epoch, "lr": learning_rate(spec["train"], epoch), **stats, "val_recall@1": score, "seconds": round(time.time() - started, 2)})
+    throughput = {k: stats.pop(k) for k in ("images_per_s", "data_wait")}
+    run.log.append({"epoch": epoch, "lr": learning_rate(spec["train"], epoch), **stats, "val_recall@1": score,
+                    "seconds": round(time.time() - started, 2), **throughput})
     print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in run.log[-1].items() if isinstance(v, float)), flush=True)
+    if throughput["data_wait"] > DATA_WAIT_HINT and not run.hinted:
+        run.hinted = True
+        print(data_wait_hint(spec["train"], epoch, throughput["data_wait"]), flush=True)
+
+
+def data_wait_hint(train: dict, epoch: int, wait: float) -> str:
+    """One line: the loop starved for data, and the settings that feed it faster."""
+    colour = "" if train["batch_augment"] else ", train.batch_augment: true (colour augmentation on the training device)"
+    return (f"hint: epoch {epoch} waited for data {wait:.0%} of its step time; feed it faster with more DataLoader "
+            f"workers (train.num_workers: {train['num_workers']} now), the decoded-image store "
+            f"(datasets.<name>.store: resized){colour}")
 
 
 def _write_outputs(run, spec, out_dir, shapes: dict) -> None:
