@@ -106,12 +106,13 @@ def test_gram_and_primal_forms_reach_sklearns_optimum(data, monkeypatch, gram):
 
 
 def test_cost_model_picks_the_cheaper_form():
-    """Gram form for few supports against a large D, primal for many supports per dimension
-    (multiply-adds: S^2 D + K S D + 6 K S^2 against 13 K S D)."""
-    assert fewshot._use_gram(5, 25, 2048)  # 5-way 1-shot, 5 views: 1.6e6 against 3.3e6
-    assert fewshot._use_gram(240, 1200, 2048)  # entity30: 5.6e9 against 7.7e9
-    assert not fewshot._use_gram(5, 125, 2048)  # 5-way 5-shot: 3.4e7 against 1.7e7
-    assert not fewshot._use_gram(160, 800, 640)  # tieredImageNet: 1.10e9 against 1.07e9
+    """Gram form unless there are many more supports than dimensions (cost S^2 D + (K + 24)
+    (S D + 6 S^2) against 13 (K + 24) S D: multiply-adds, 24 per float read by a product)."""
+    assert fewshot._use_gram(5, 25, 2048)  # 5-way 1-shot, 5 views: 2.9e6 against 1.9e7
+    assert fewshot._use_gram(5, 125, 2048)  # 5-way 5-shot (memory-bound): 4.2e7 against 9.7e7
+    assert fewshot._use_gram(160, 800, 640)  # tieredImageNet: 1.17e9 against 1.22e9
+    assert fewshot._use_gram(240, 1200, 2048)  # entity30: 5.9e9 against 8.4e9
+    assert not fewshot._use_gram(20, 2000, 64)  # 5-shot all-way on 64-d: 1.3e9 against 7.3e7
 
 
 def test_solver_takes_a_torch_device(data):
