@@ -82,14 +82,16 @@ def shape_run(args):
           f"threads: faiss {faiss.omp_get_max_threads()}, torch {torch.get_num_threads()}", flush=True)
     x_unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     k = max(recall_k)
-    timed(f"faiss IndexFlatIP exact kNN floor, k = {k + 1}", lambda: _flat_search(x_unit, k + 1))
-    timed(f"faiss IndexFlatIP exact kNN floor, k = {largest} (AccuracyCalculator's k)",
-          lambda: _flat_search(x_unit, largest))
+    if not args.compare_only:
+        timed(f"faiss IndexFlatIP exact kNN floor, k = {k + 1}", lambda: _flat_search(x_unit, k + 1))
+        timed(f"faiss IndexFlatIP exact kNN floor, k = {largest} (AccuracyCalculator's k)",
+              lambda: _flat_search(x_unit, largest))
     ours, t_ours = timed("fgbench, the AccuracyCalculator metrics (Recall@1, MAP@R, R-Precision, NMI)",
                          lambda: retrieval_metrics(x, y, recall_k=(1,), nmi=True, kmeans_seed=0, kmeans_niter=20))
-    full, _ = timed(f"fgbench, the dataset's protocol (Recall@{','.join(map(str, recall_k))}, MAP@R, R-Precision, NMI)",
-                    lambda: retrieval_metrics(x, y, recall_k=recall_k, nmi=True, kmeans_seed=0, kmeans_niter=20))
-    print("  " + ", ".join(f"{key}={v:.6f}" for key, v in full.items()))
+    if not args.compare_only:
+        full, _ = timed(f"fgbench, the dataset's protocol (Recall@{','.join(map(str, recall_k))}, MAP@R, R-Precision, NMI)",
+                        lambda: retrieval_metrics(x, y, recall_k=recall_k, nmi=True, kmeans_seed=0, kmeans_niter=20))
+        print("  " + ", ".join(f"{key}={v:.6f}" for key, v in full.items()))
     calc = AccuracyCalculator(include=tuple(PAIRS.values()), k="max_bin_count", device=torch.device("cpu"),
                               knn_func=FaissKNN(index_init_fn=faiss.IndexFlatIP),
                               kmeans_func=FaissKMeans(niter=20, seed=0))
@@ -116,6 +118,8 @@ def main():
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", choices=sorted(SHAPES), help="a dataset's shape instead of --classes/--per-class/--dim")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="with --shape: only fgbench and AccuracyCalculator on the same metrics, one after the other")
     args = ap.parse_args()
     if args.shape:
         return shape_run(args)

@@ -6,11 +6,13 @@ import warnings
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from fgbench.errors import DataError
 from fgbench.evaluate import PROTOCOLS, evaluate_protocol, layer_features, load_embeddings, metric_rows
+from fgbench.evaluate import fewshot
 from fgbench.evaluate.fewshot import (
     PREDICT_TOL,
     episode_arrays,
@@ -84,6 +86,42 @@ def test_batched_solver_matches_sklearn_objective_and_coefs(data, n_way):
         np.testing.assert_allclose(coef[e], clf.coef_, atol=1e-5)
         b_ref = clf.intercept_ - clf.intercept_.mean()  # the intercepts' free shift
         np.testing.assert_allclose(intercept[e], b_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("gram", [True, False])
+def test_gram_and_primal_forms_reach_sklearns_optimum(data, monkeypatch, gram):
+    """Both representations of W (coefficients on the centred supports with their Gram matrix,
+    or W itself), forced whatever the cost model would pick, give the tightly converged
+    scikit-learn objective and the same predictions."""
+    monkeypatch.setattr(fewshot, "_use_gram", lambda K, S, D: gram)
+    Xs, ys, Xq, _ = _episodes(data, 3, n_way="all")
+    coef, intercept = fit_logreg(Xs, ys)
+    for e in range(len(Xs)):
+        clf, _ = _sklearn(Xs[e], ys[e], Xs[e, :1], tol=1e-12)
+        ours = logreg_objective(Xs[e], ys[e], coef[e], intercept[e])
+        assert ours == pytest.approx(logreg_objective(Xs[e], ys[e], clf.coef_, clf.intercept_), rel=1e-9)
+    pred = fit_predict_logreg(Xs, ys, Xq)
+    monkeypatch.setattr(fewshot, "_use_gram", lambda K, S, D: not gram)
+    np.testing.assert_array_equal(pred, fit_predict_logreg(Xs, ys, Xq))
+
+
+def test_cost_model_picks_the_cheaper_form():
+    """Gram form unless there are many more supports than dimensions (cost S^2 D + (K + 24)
+    (S D + 6 S^2) against 13 (K + 24) S D: multiply-adds, 24 per float read by a product)."""
+    assert fewshot._use_gram(5, 25, 2048)  # 5-way 1-shot, 5 views: 2.9e6 against 1.9e7
+    assert fewshot._use_gram(5, 125, 2048)  # 5-way 5-shot (memory-bound): 4.2e7 against 9.7e7
+    assert fewshot._use_gram(160, 800, 640)  # tieredImageNet: 1.21e9 against 1.22e9
+    assert fewshot._use_gram(240, 1200, 2048)  # entity30: 5.9e9 against 8.4e9
+    assert not fewshot._use_gram(20, 2000, 64)  # 5-shot all-way on 64-d: 1.3e9 against 7.3e7
+
+
+def test_solver_takes_a_torch_device(data):
+    """The device may be a torch.device (what a CUDA caller passes), not only a string."""
+    Xs, ys, Xq, _ = _episodes(data, 3)
+    np.testing.assert_array_equal(fit_predict_logreg(Xs, ys, Xq, device=torch.device("cpu")),
+                                  fit_predict_logreg(Xs, ys, Xq))
+    coef, _ = fit_logreg(Xs, ys, device=torch.device("cpu"))
+    np.testing.assert_allclose(coef, fit_logreg(Xs, ys)[0])
 
 
 @pytest.fixture(scope="module")

@@ -167,27 +167,25 @@ def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _Point:
-    """A point (or direction) ``(W, b)`` in the span of the supports, ``W = A Xc``.
+    """A point (or direction) ``(W, b)`` with its support logits.
 
-    ``A (E, K, S)`` are its coefficients on the centred supports ``Xc``, ``b (E, K)`` the
-    intercepts, ``AG = A G`` with the Gram matrix ``G = Xc Xc^T`` (so the support logits are
-    ``AG + b`` and ``<W, W'> = <A, A'G>``).  Keeping ``AG`` beside ``A`` makes every inner
-    product, objective and line-search step free; only new directions cost a product with G.
+    ``A (E, K, n)`` are the coefficients of ``W = A B`` on a basis ``B`` (see :class:`_Problem`:
+    the centred supports, or the identity), ``Z (E, K, S)`` the support logits ``W Xc^T``
+    without the intercepts ``b (E, K)``.  Keeping the logits beside the coefficients makes every
+    objective value, inner product and line-search step free; only new directions cost a
+    product.
     """
 
-    def __init__(self, A, AG, b):
-        self.A, self.AG, self.b = A, AG, b
+    def __init__(self, A, Z, b):
+        self.A, self.Z, self.b = A, Z, b
 
     def logits(self):
-        return self.AG + self.b[:, :, None]
-
-    def dot(self, other):
-        return _bdot(self.A, other.AG) + _bdot(self.b, other.b)
+        return self.Z + self.b[:, :, None]
 
     def axpy(self, alpha, other):
         """self + alpha * other, alpha (E,) per episode."""
         a = alpha[:, None, None]
-        return _Point(torch.addcmul(self.A, a, other.A), torch.addcmul(self.AG, a, other.AG),
+        return _Point(torch.addcmul(self.A, a, other.A), torch.addcmul(self.Z, a, other.Z),
                       torch.addcmul(self.b, alpha[:, None], other.b))
 
     def axpy_(self, alpha, other):
@@ -195,36 +193,71 @@ class _Point:
         cost more than the arithmetic of these memory-bound steps)."""
         a = alpha[:, None, None]
         self.A.addcmul_(a, other.A)
-        self.AG.addcmul_(a, other.AG)
+        self.Z.addcmul_(a, other.Z)
         self.b.addcmul_(alpha[:, None], other.b)
         return self
 
     def scale_add_(self, beta, other):
         """In place: self = other + beta * self."""
-        for mine, theirs in ((self.A, other.A), (self.AG, other.AG)):
+        for mine, theirs in ((self.A, other.A), (self.Z, other.Z)):
             mine.mul_(beta[:, None, None]).add_(theirs)
         self.b.mul_(beta[:, None]).add_(other.b)
         return self
 
     def copy(self):
-        return _Point(self.A.clone(), self.AG.clone(), self.b.clone())
+        return _Point(self.A.clone(), self.Z.clone(), self.b.clone())
 
     def neg(self):
-        return _Point(-self.A, -self.AG, -self.b)
+        return _Point(-self.A, -self.Z, -self.b)
+
+
+def _class_sums(rows: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``Y rows`` for one-hot labels Y: the sum of each class's rows (E, K, n), by scatter (no
+    product with the one-hot matrix)."""
+    E, S, n = rows.shape
+    out = rows.new_zeros(E, n_classes, n)
+    return out.scatter_add_(1, y[:, :, None].expand(E, S, n), rows)
 
 
 class _Problem:
-    """scikit-learn's objective ``0.5 ||W||^2 + C * sum CE(X W^T + b, y)`` for E episodes, in
-    the span of the supports (the optimal W lies there: W = -C (P - Y)^T X).
+    """scikit-learn's objective ``0.5 ||W||^2 + C * sum CE(X W^T + b, y)`` for E episodes.
 
     Features are centred on the support mean m: ``X W^T + b = Xc W^T + (b + W m)`` is the same
     model with an unpenalised intercept, so the optimum's W is unchanged, while the common
     direction of real (non-negative) features no longer inflates the Hessian.  Layout is
     class-major (faster small batched matmuls on CPU): labels and probabilities ``(E, K, S)``.
+
+    Two representations of W, chosen per chunk by :func:`_use_gram` (whichever costs fewer
+    multiply-adds; both give the same iterates up to rounding):
+
+    * Gram (``gram=True``): the optimum lies in the span of the supports (W = -C (P - Y)^T Xc),
+      so ``W = A Xc`` with ``A (E, K, S)``; a new direction costs one ``K x S x S`` product
+      with ``G = Xc Xc^T`` (its logits ``A G``), after an ``S x S x D`` product for G.
+    * primal (``gram=False``): ``A = W (E, K, D)``; a new direction costs two ``K x S x D``
+      products (``R Xc`` and its logits), with nothing to set up.
     """
 
-    def __init__(self, G: torch.Tensor, Y: torch.Tensor, C: float):
-        self.G, self.Y, self.C = G, Y, C
+    def __init__(self, Xc: torch.Tensor, y: torch.Tensor, n_classes: int, C: float, gram: bool):
+        self.Xc, self.y, self.C, self.gram = Xc, y, C, gram
+        self.Y = torch.nn.functional.one_hot(y, n_classes).to(Xc.dtype).transpose(1, 2).contiguous()
+        self.basis = Xc @ Xc.transpose(1, 2) if gram else Xc
+
+    def wdot(self, u: _Point, v: _Point):
+        """Per-episode ``<W_u, W_v>`` (free: in the Gram form ``<A_u, A_v G> = <A_u, Z_v>``)."""
+        return _bdot(u.A, v.Z if self.gram else v.A)
+
+    def dot(self, u: _Point, v: _Point):
+        """Per-episode inner product of two points in the (W, b) metric."""
+        return self.wdot(u, v) + _bdot(u.b, v.b)
+
+    def coef(self, x: _Point):
+        return x.A @ self.Xc if self.gram else x.A
+
+    def lift(self, R, RB=None):
+        """The direction whose W is ``R Xc`` (``R (E, K, S)``) as (coefficients, logits); ``RB``:
+        ``R B`` if already known."""
+        RB = R @ self.basis if RB is None else RB
+        return (R, RB) if self.gram else (RB, RB @ self.Xc.transpose(1, 2))
 
     def cross_entropy(self, logits):
         """C * sum of the cross-entropies per episode and the softmax probabilities (E, K, S)."""
@@ -237,19 +270,30 @@ class _Problem:
     def evaluate(self, x: _Point):
         """Objective per episode and softmax probabilities (E, K, S)."""
         ce, P = self.cross_entropy(x.logits())
-        return 0.5 * _bdot(x.A, x.AG) + ce, P
+        return 0.5 * self.wdot(x, x) + ce, P
 
     def gradient(self, x: _Point, P) -> _Point:
-        """Gradient in the (W, b) metric: W + C (P - Y) Xc, C (P - Y) 1.  One product with G."""
+        """Gradient in the (W, b) metric: W + C (P - Y) Xc, C (P - Y) 1.  One product."""
         R = self.C * (P - self.Y)
-        return _Point(x.A + R, x.AG + R @ self.G, R.sum(2))
+        A, Z = self.lift(R)
+        return _Point(x.A + A, x.Z + Z, R.sum(2))
+
+    def gradient_at_zero(self) -> _Point:
+        """The gradient at W = 0, b = 0, where P = 1/K: ``R B = C (1^T B / K - Y B)`` is a sum
+        of rows per class, so no product (in the Gram form none at all)."""
+        K = self.Y.shape[1]
+        R = self.C * (1.0 / K - self.Y)
+        RB = self.C * (self.basis.sum(1, keepdim=True) / K - _class_sums(self.basis, self.y, K))
+        A, Z = self.lift(R, RB)
+        return _Point(A, Z, R.sum(2))
 
     def hessp(self, P, v: _Point) -> _Point:
         """Hessian-vector product: ``v + C J(v's logits)`` with the per-sample softmax
-        Jacobian ``J = diag(p) - p p^T``.  One product with G."""
+        Jacobian ``J = diag(p) - p p^T``.  One product."""
         u = v.logits()
         R = self.C * P * (u - (P * u).sum(1, keepdim=True))
-        return _Point(v.A + R, v.AG + R @ self.G, R.sum(2))
+        A, Z = self.lift(R)
+        return _Point(v.A + A, v.Z + Z, R.sum(2))
 
 
 def _cg(prob: _Problem, P, g: _Point, rtol, max_iter: int) -> _Point:
@@ -257,17 +301,17 @@ def _cg(prob: _Problem, P, g: _Point, rtol, max_iter: int) -> _Point:
     Finished episodes keep alpha = beta = 0, so their d is frozen."""
     zero = torch.zeros_like(rtol)
     r = g.neg()
-    d = _Point(torch.zeros_like(g.A), torch.zeros_like(g.AG), torch.zeros_like(g.b))
-    p, rr = r.copy(), r.dot(r)
+    d = _Point(torch.zeros_like(g.A), torch.zeros_like(g.Z), torch.zeros_like(g.b))
+    p, rr = r.copy(), prob.dot(r, r)
     for _ in range(max_iter):
         active = rr > rtol * rtol
         if not active.any():
             break
         Hp = prob.hessp(P, p)
-        alpha = torch.where(active, rr / p.dot(Hp), zero)
+        alpha = torch.where(active, rr / prob.dot(p, Hp), zero)
         d.axpy_(alpha, p)
         r.axpy_(-alpha, Hp)
-        rr_new = r.dot(r)
+        rr_new = prob.dot(r, r)
         p.scale_add_(torch.where(active, rr_new / rr, zero), r)
         rr = rr_new
     return d
@@ -283,7 +327,7 @@ def _line_search(prob: _Problem, x: _Point, d: _Point, f, slope, step, iters: in
     ``step`` (E,), then backtracking until Armijo's condition holds.  Costs no product: the
     logits are linear in s and the penalty quadratic.  Returns the step and the new objective
     and probabilities."""
-    penalty, a0, a1 = 0.5 * _bdot(x.A, x.AG), _bdot(x.A, d.AG), _bdot(d.A, d.AG)
+    penalty, a0, a1 = 0.5 * prob.wdot(x, x), prob.wdot(x, d), prob.wdot(d, d)
     z, dz = x.logits(), d.logits()
 
     def objective(s):
@@ -312,18 +356,19 @@ def _line_search(prob: _Problem, x: _Point, d: _Point, f, slope, step, iters: in
 
 
 def _newton(prob: _Problem, x: _Point, tol: float, max_iter: int):
-    """Damped Newton-CG until, in every episode, the last step changed no support logit by more
-    than ``tol`` (or could not decrease the objective).  Newton-CG converges here by about a factor 10 per step (measured at the paper
-    shapes), so the logits are then within about tol / 10 of the optimum's; the rule needs no
-    gradient at the final point, and a step of zero (rounding floor) also stops.
+    """Damped Newton-CG from ``x`` = 0 until, in every episode, the last step changed no support
+    logit by more than ``tol`` (or could not decrease the objective).  Newton-CG converges here by
+    about a factor 10 per step (measured at the paper shapes), so the logits are then within
+    about tol / 10 of the optimum's; the rule needs no gradient at the final point, and a step of
+    zero (rounding floor) also stops.
 
     Returns the solution and its softmax probabilities.
     """
     f, P = prob.evaluate(x)
     todo = torch.ones_like(f, dtype=torch.bool)
     for it in range(max_iter):
-        g = prob.gradient(x, P)
-        gnorm = g.dot(g).clamp_min(0).sqrt()
+        g = prob.gradient_at_zero() if it == 0 else prob.gradient(x, P)
+        gnorm = prob.dot(g, g).clamp_min(0).sqrt()
         if it == 0:
             # From W = 0 the first CG direction is -g itself: skip its Hessian product and let
             # the line search, started at 0, find the step.
@@ -332,7 +377,7 @@ def _newton(prob: _Problem, x: _Point, tol: float, max_iter: int):
             # Forcing term min(0.5, sqrt|g|) |g| gives superlinear convergence.
             rtol = torch.where(todo, gnorm * gnorm.sqrt().clamp(max=0.5), torch.inf)
             d, step = _cg(prob, P, g, rtol, max_iter=50), todo.to(f.dtype)
-        step, f, P = _line_search(prob, x, d, f, g.dot(d), step, _LINE_NEWTON + 2 * (it == 0))
+        step, f, P = _line_search(prob, x, d, f, prob.dot(g, d), step, _LINE_NEWTON + 2 * (it == 0))
         step = step * todo
         x = x.axpy(step, d)
         # The change counts at least the unit step's, so a step that backtracking shortened does
@@ -353,13 +398,38 @@ def _fit_chunk(support, labels, n_classes, C, tol, max_iter, device):
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     mean = X.mean(1, keepdim=True)
     Xc = X - mean
-    prob = _Problem(Xc @ Xc.transpose(1, 2),
-                    torch.nn.functional.one_hot(y, n_classes).to(dtype).transpose(1, 2).contiguous(), C)
-    zeros = X.new_zeros(X.shape[0], n_classes, X.shape[1])
-    x, _ = _newton(prob, _Point(zeros, zeros, zeros[:, :, 0]), tol, max_iter)
-    coef = x.A @ Xc
+    E, S, D = X.shape
+    prob = _Problem(Xc, y, n_classes, C, _use_gram(n_classes, S, D))
+    x0 = _Point(X.new_zeros(E, n_classes, S if prob.gram else D), X.new_zeros(E, n_classes, S),
+                X.new_zeros(E, n_classes))
+    x, _ = _newton(prob, x0, tol, max_iter)
+    coef = prob.coef(x)
     b = x.b - (coef @ mean.transpose(1, 2))[:, :, 0]  # the intercept of the uncentred features
     return coef.to(given.dtype), b - b.mean(1, keepdim=True)
+
+
+#: Products (gradients and Hessian-vector products after the free first gradient) per episode at
+#: PREDICT_TOL, counted at the all-way paper shapes (3 Newton steps, 2 CG steps each): the cost
+#: model of _use_gram.
+_PRODUCTS = 6
+
+
+#: Cost of reading one float of a product's fixed operand (G or Xc), in multiply-adds: with few
+#: classes K the products are memory-bound (K multiply-adds per element read).
+_READ_COST = 24
+
+
+def _use_gram(K: int, S: int, D: int) -> bool:
+    """Whether the Gram form costs less than the primal one (see _Problem), in multiply-adds
+    plus _READ_COST per element read: the Gram form pays ``S^2 D`` for G and ``K S D`` for the
+    coefficients, then ``K S^2`` per product reading G (``S^2``), against ``2 K S D`` per product
+    reading Xc twice (and one for the first gradient's logits) in the primal form.  So the Gram
+    form wins unless there are many more supports than dimensions: at every paper shape (the
+    read cost measured there: at 5-way 5-shot 2048-d the Gram form ran 3.6x faster, at 160-way
+    640-d 1.0-1.2x), the primal one for, e.g., 5-shot all-way episodes on 64-d features."""
+    gram = S * S * D + (K + _READ_COST) * S * D + _PRODUCTS * (K + _READ_COST) * S * S
+    primal = (2 * _PRODUCTS + 1) * (K + _READ_COST) * S * D
+    return gram <= primal
 
 
 def _chunk_size(S: int, D: int, Q: int = 0) -> int:
