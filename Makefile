@@ -41,8 +41,11 @@ run: setup
 	snakemake --cores $(CORES) --report results/report.html
 	@echo "Results: results/tables/summary.md and the papers' tables results/tables/{coarse_to_fine,retrieval,closed_set}.md; report: results/report.html"
 
+# Two pytest-xdist workers, one test file each at a time (files share fixtures and clusters):
+# the suite's half is waiting on Snakemake and subprocesses, so 2 cores take both.
+TEST_WORKERS ?= 2
 test: setup test-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf results .snakemake

@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 # The rules call `fgbench`: make the venv's scripts reachable from subprocesses.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# `make test` runs two pytest-xdist workers on CI's 2 cores: each worker, and the jobs it starts,
+# gets one thread (two workers of two threads each would oversubscribe the cores).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

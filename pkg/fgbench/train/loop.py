@@ -14,6 +14,7 @@ rank 0 alone validates, prints and writes files, and every rank resumes from the
 import contextlib
 import csv
 import io
+import itertools
 import math
 import random
 import time
@@ -425,7 +426,7 @@ def _train(spec, data_path, out_dir, device):
         started = time.time()
         generator = _start_epoch(run, spec, epoch)
 
-        passes = iter(range(1, 1_000_000))  # the epoch hook's passes: streams 1, 2, ... of batch_seed
+        passes = itertools.count(1)  # the epoch hook's passes: streams 1, 2, ... of batch_seed
 
         def batches(augment=True):
             if augment:
