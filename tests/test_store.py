@@ -5,6 +5,7 @@ import json
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -157,13 +158,14 @@ def test_prepare_writes_a_store_per_split_and_refuses_a_damaged_one(living17, tm
 @needs_breeds
 @pytest.mark.workflow
 def test_tiny_workflow_reads_the_store(living17, tmp_path):  # noqa: F811
-    """prepare builds the store once; train and embed read it (a missing store would stop them)."""
+    """prepare builds the store once; train and embed read it (a missing store would stop them);
+    training runs MoCo-v2's crop and flip in the workers and its colour part on the batch."""
     root = write_imagenet(tmp_path / "imagenet", living17, size=280)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["benchmark"] = {"living17": {"coarse_to_fine": ["supervised_coarse"]}}
     cfg["datasets"] = {"living17": {"root": str(root), "hierarchy_dir": str(BREEDS_DIR), "store": "resized",
                                     "val_fraction": 1 / 3, "backbone": {"name": "small_cnn"},
-                                    "train": {"augment": "rrc_flip"}}}  # MoCo-v2's blur: 90 ms an image on a CPU
+                                    "train": {"augment": "moco_v2", "batch_augment": True}}}
     cfg["train"]["epochs"] = 1
     cfg["embed"]["views"] = 2
     cfg["protocols"] = {"fewshot_5way": {"episodes": 20, "n_query": 1, "n_aug": 2}}
@@ -177,3 +179,5 @@ def test_tiny_workflow_reads_the_store(living17, tmp_path):  # noqa: F811
     assert data.splits["test"].images[0].shape == (256, 256, 3)
     rows = json.loads((work / metrics).read_text())
     assert rows and all(0 <= r["value"] <= 1 for r in rows), rows
+    log = pd.read_csv(work / "results/models/living17/coarse_to_fine/supervised_coarse/seed0/train_log.csv")
+    assert (log["images_per_s"] > 0).all() and log["data_wait"].between(0, 1).all()
