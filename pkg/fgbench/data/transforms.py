@@ -120,16 +120,26 @@ def as_dtype_of(out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+# MoCo-v2's colour part, read by the per-image pipeline (_moco_v2) and the batch one (_moco_v2_split)
+MOCO_V2_JITTER, MOCO_V2_JITTER_P, MOCO_V2_GRAY_P = (0.4, 0.4, 0.4, 0.1), 0.8, 0.2
+MOCO_V2_BLUR_P, MOCO_V2_BLUR_SIGMA = 0.5, (0.1, 2.0)
+
+
+def _moco_v2_blur_kernel(size: int) -> int:
+    """About a tenth of the image, as in SimCLR (MoCo's PIL blur has no kernel size)."""
+    return 2 * (size // 20) + 1
+
+
 def _moco_v2(v2, size, blur=True):
-    """MoCo-v2's augmentation as ANCOR/SCGM use it for BREEDS (tieredImageNet: no blur). The
-    blur kernel is about a tenth of the image, as in SimCLR (MoCo's PIL blur has no kernel size)."""
+    """MoCo-v2's augmentation as ANCOR/SCGM use it for BREEDS (tieredImageNet: no blur)."""
     steps = [
         v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.ColorJitter(*MOCO_V2_JITTER)], p=MOCO_V2_JITTER_P),
+        v2.RandomGrayscale(p=MOCO_V2_GRAY_P),
     ]
     if blur:
-        steps.append(v2.RandomApply([v2.GaussianBlur(2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=0.5))
+        steps.append(v2.RandomApply([v2.GaussianBlur(_moco_v2_blur_kernel(size), sigma=MOCO_V2_BLUR_SIGMA)],
+                                    p=MOCO_V2_BLUR_P))
     return v2.Compose([*steps, v2.RandomHorizontalFlip()])
 
 
@@ -169,12 +179,26 @@ def _squash(v2, size):
     return v2.Resize((_resize_size(size),) * 2, antialias=True)
 
 
+# vMF's retrieval runs: CUB resize 256, jitter 0.25; Cars squash, jitter 0.3 (hue 0.1), square
+# crops; SOP squash, no jitter. Read by the per-image (_vmf_retrieval) and split (_vmf_split) forms.
+VMF_RETRIEVAL = {
+    "vmf_cub": {"squash": False, "jitter": (0.25, 0.25, 0.25, 0.0), "ratio": (3 / 4, 4 / 3)},
+    "vmf_cars": {"squash": True, "jitter": (0.3, 0.3, 0.3, 0.1), "ratio": (1.0, 1.0)},
+    "vmf_sop": {"squash": True, "jitter": None, "ratio": (3 / 4, 4 / 3)},
+}
+VMF_CROP_SCALE = (0.16, 1.0)
+
+
+def _vmf_resize(v2, size, squash):
+    return _squash(v2, size) if squash else v2.Resize(_resize_size(size), antialias=True)
+
+
 def _vmf_retrieval(v2, size, *, squash, jitter, ratio):
     """vMF's retrieval training (datasets/{cub200,cars196,sop}_dataset.py): resize to 256 (shorter
     side, or squashed), colour jitter, RandomResizedCrop(224, scale 0.16-1, ``ratio``), flip."""
-    resize = _squash(v2, size) if squash else v2.Resize(_resize_size(size), antialias=True)
+    resize = _vmf_resize(v2, size, squash)
     steps = [resize, v2.ColorJitter(*jitter)] if jitter else [resize]
-    return v2.Compose([*steps, v2.RandomResizedCrop(size, scale=(0.16, 1.0), ratio=ratio, antialias=True),
+    return v2.Compose([*steps, v2.RandomResizedCrop(size, scale=VMF_CROP_SCALE, ratio=ratio, antialias=True),
                        v2.RandomHorizontalFlip()])
 
 
@@ -200,12 +224,10 @@ AUGMENTS = {
     # vMF's CIFAR training: RandomCrop(32, padding 4, reflect), flip and an 8x8 occlusion.
     "reflect_crop_flip_occlude": lambda v2, size, mean: v2.Compose([
         _reflect_crop_flip(v2, size), RandomOcclusion(size // 4, fill=mean)]),
-    # vMF's retrieval runs: CUB resize 256, jitter 0.25; Cars squash, jitter 0.3 (hue 0.1), square
-    # crops; SOP squash, no jitter. Their eval: resize_center_crop (CUB), squash_center_crop.
-    "vmf_cub": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=False, jitter=(0.25, 0.25, 0.25, 0.0),
-                                                     ratio=(3 / 4, 4 / 3)),
-    "vmf_cars": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=True, jitter=(0.3, 0.3, 0.3, 0.1), ratio=(1.0, 1.0)),
-    "vmf_sop": lambda v2, size, mean: _vmf_retrieval(v2, size, squash=True, jitter=None, ratio=(3 / 4, 4 / 3)),
+    # vMF's retrieval runs (VMF_RETRIEVAL). Their eval: resize_center_crop (CUB), squash_center_crop.
+    "vmf_cub": lambda v2, size, mean: _vmf_retrieval(v2, size, **VMF_RETRIEVAL["vmf_cub"]),
+    "vmf_cars": lambda v2, size, mean: _vmf_retrieval(v2, size, **VMF_RETRIEVAL["vmf_cars"]),
+    "vmf_sop": lambda v2, size, mean: _vmf_retrieval(v2, size, **VMF_RETRIEVAL["vmf_sop"]),
     "squash_center_crop": lambda v2, size, mean: v2.Compose([_squash(v2, size), v2.CenterCrop(size)]),
     "squash_random_crop_flip": lambda v2, size, mean: v2.Compose([
         _squash(v2, size), v2.RandomCrop(size), v2.RandomHorizontalFlip()]),
@@ -355,15 +377,15 @@ def _crop_flip(v2, size, scale, ratio=(3 / 4, 4 / 3), resize=None):
 
 
 def _moco_v2_split(v2, size, blur=True):
-    colour = BatchColour((0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
-                         blur_kernel=2 * (size // 20) + 1, blur_p=0.5 if blur else 0.0)
+    colour = BatchColour(MOCO_V2_JITTER, jitter_p=MOCO_V2_JITTER_P, gray_p=MOCO_V2_GRAY_P,
+                         blur_kernel=_moco_v2_blur_kernel(size), blur_p=MOCO_V2_BLUR_P if blur else 0.0,
+                         blur_sigma=MOCO_V2_BLUR_SIGMA)
     return _crop_flip(v2, size, (0.2, 1.0)), colour
 
 
 def _vmf_split(v2, size, *, squash, jitter, ratio):
     """vMF's retrieval augmentation (``_vmf_retrieval``) with its jitter moved after the crop."""
-    resize = _squash(v2, size) if squash else v2.Resize(_resize_size(size), antialias=True)
-    return _crop_flip(v2, size, (0.16, 1.0), ratio, resize), BatchColour(jitter)
+    return _crop_flip(v2, size, VMF_CROP_SCALE, ratio, _vmf_resize(v2, size, squash)), BatchColour(jitter)
 
 
 # name -> builder(v2, image_size, mean) -> (per-image part, BatchColour) of the augmentations that
@@ -371,9 +393,8 @@ def _vmf_split(v2, size, *, squash, jitter, ratio):
 SPLIT_AUGMENTS = {
     "moco_v2": lambda v2, size, mean: _moco_v2_split(v2, size),
     "moco_v2_noblur": lambda v2, size, mean: _moco_v2_split(v2, size, blur=False),
-    "vmf_cub": lambda v2, size, mean: _vmf_split(v2, size, squash=False, jitter=(0.25, 0.25, 0.25, 0.0),
-                                                 ratio=(3 / 4, 4 / 3)),
-    "vmf_cars": lambda v2, size, mean: _vmf_split(v2, size, squash=True, jitter=(0.3, 0.3, 0.3, 0.1), ratio=(1.0, 1.0)),
+    "vmf_cub": lambda v2, size, mean: _vmf_split(v2, size, **VMF_RETRIEVAL["vmf_cub"]),
+    "vmf_cars": lambda v2, size, mean: _vmf_split(v2, size, **VMF_RETRIEVAL["vmf_cars"]),
 }
 
 
