@@ -21,6 +21,7 @@ and otherwise read item by item (for example in DataLoader workers).
 
 import io
 import operator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,15 +56,21 @@ def _subset_index(n: int, key) -> np.ndarray:
     return np.arange(n)[key.astype(np.int64)]  # bounds-checked, negative indices allowed
 
 
-def decode_image(source, what: str, fix: str) -> np.ndarray:
-    """Decode an image file or bytes into uint8 RGB (H, W, 3); ``DataError`` naming ``what`` else."""
+@contextmanager
+def image_errors(what: str, fix: str):
+    """PIL's errors on opening or decoding an image as one ``DataError`` naming ``what``."""
     try:
-        with Image.open(source) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        yield
     except FileNotFoundError as e:
         raise DataError(f"image {what} is missing; {fix}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"image {what} cannot be decoded ({type(e).__name__}: {e}); {fix}") from e
+
+
+def decode_image(source, what: str, fix: str) -> np.ndarray:
+    """Decode an image file or bytes into uint8 RGB (H, W, 3); ``DataError`` naming ``what`` else."""
+    with image_errors(what, fix), Image.open(source) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 class ImageFiles:

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..io import atomic_path
-from .images import ImageFiles, _is_subset_key, _subset_index, decode_image
+from .images import ImageFiles, _is_subset_key, _subset_index, decode_image, image_errors
 
 MAGIC = b"FGBSTORE1\n"
 HEADER_BYTES = len(MAGIC) + 64 + 1
@@ -77,13 +77,8 @@ def list_hash(files: ImageFiles, short: int, shapes: np.ndarray) -> str:
 def _source_size(files: ImageFiles, i: int) -> tuple:
     """(H, W) of image file ``i`` from its header alone (no decoding)."""
     path = files.path(i)
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError as e:
-        raise DataError(f"image {path} is missing; {ImageFiles.FIX}") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"image {path} cannot be decoded ({type(e).__name__}: {e}); {ImageFiles.FIX}") from e
+    with image_errors(str(path), ImageFiles.FIX), Image.open(path) as img:
+        width, height = img.size
     return height, width
 
 
