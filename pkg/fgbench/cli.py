@@ -153,16 +153,6 @@ def cmd_evaluate_model(args):
     print(format_markdown(summary), end="")
 
 
-def _write_metrics(out, rows, digest, per_layer, protocol_name):
-    """The metrics JSON and, beside it, the per-unit results (units.py), each written atomically;
-    the JSON last, so a complete JSON always has its per-unit file."""
-    from .evaluate.units import units_path, write_units
-    from .io import atomic_write_text
-
-    write_units(units_path(out), digest, per_layer, protocol_name)
-    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
-
-
 def _evaluation_device(args) -> str:
     """``--device``, else the first claimed GPU with ``--gpus N`` (the rule's resources.gpu), else cpu."""
     _claim_gpus(args.gpus)
@@ -170,21 +160,17 @@ def _evaluation_device(args) -> str:
 
 
 def cmd_evaluate(args):
-    from .evaluate import metric_rows_and_units
+    from .evaluate import evaluate_to_file
 
     ensure_writable(args.out)
     run, spec = _spec(args.run), _spec(args.spec)
-    try:
-        rows, digest, per_layer = metric_rows_and_units(args.embeddings, spec, run, run.pop("config_hash", ""),
-                                                        device=_evaluation_device(args))
-    except ValueError as e:  # e.g. too few test images per class for the protocol's episodes
-        raise FgbenchError(f"{args.embeddings}: {e}") from e
-    _write_metrics(args.out, rows, digest, per_layer, spec["name"])
+    evaluate_to_file(args.embeddings, spec, run, run.pop("config_hash", ""), args.out, device=_evaluation_device(args))
 
 
 def cmd_combine(args):
     from .evaluate import load_embeddings
     from .evaluate.combine import combination_rows_and_units
+    from .evaluate.units import write_metrics
     from .provenance import row_hash
 
     ensure_writable(args.out)
@@ -199,7 +185,7 @@ def cmd_combine(args):
             device=_evaluation_device(args))
     except ValueError as e:  # e.g. a retrieval protocol, or n_aug above the files' views
         raise FgbenchError(str(e)) from e
-    _write_metrics(args.out, rows, digest, per_layer, spec["protocol"]["name"])
+    write_metrics(args.out, rows, digest, per_layer, spec["protocol"]["name"])
 
 
 def cmd_aggregate(args):

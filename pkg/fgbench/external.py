@@ -24,7 +24,6 @@ the DAG.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 
@@ -369,9 +368,7 @@ def evaluate_model(cfg: dict, name: str, workdir, device="cpu", embed_device="au
     returns the metrics files written."""
     from .config import model_runs, model_spec, prepare_spec, protocol_spec, protocols_for, spec_hash
     from .data import prepare
-    from .evaluate import metric_rows_and_units
-    from .evaluate.units import units_path, write_units
-    from .io import atomic_write_text
+    from .evaluate import evaluate_to_file
 
     workdir, written = Path(workdir), []
     for dataset, setting, model, seed in model_runs(cfg):
@@ -390,12 +387,6 @@ def evaluate_model(cfg: dict, name: str, workdir, device="cpu", embed_device="au
         run = {"dataset": dataset, "setting": setting, "method": model, "seed": seed}
         for protocol in protocols_for(cfg, setting, model):
             out = workdir / "metrics" / run_dir / f"{protocol}.json"
-            try:
-                rows, digest, per_layer = metric_rows_and_units(embeddings, protocol_spec(cfg, protocol, model), run,
-                                                                spec_hash(mspec), device=device)
-            except ValueError as e:
-                raise FgbenchError(f"{embeddings}: {e}") from e
-            write_units(units_path(out), digest, per_layer, protocol)
-            atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+            evaluate_to_file(embeddings, protocol_spec(cfg, protocol, model), run, spec_hash(mspec), out, device)
             written.append(out)
     return written

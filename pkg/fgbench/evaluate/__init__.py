@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 
 from .. import __version__
-from ..errors import DataError
+from ..errors import DataError, FgbenchError
 from .protocols import PROBS_LAYER, PROTOCOLS
 
 
@@ -165,6 +165,19 @@ def metric_rows_and_units(embeddings_path, protocol: dict, run: dict, config_has
     return tidy_rows(results, run, protocol["name"], config_hash), digest, per_layer
 
 
-__all__ = ["PROTOCOLS", "evaluate_layer", "evaluate_protocol", "layer_features", "layer_names", "layer_units",
+def evaluate_to_file(embeddings_path, protocol: dict, run: dict, config_hash: str, out, device="cpu") -> None:
+    """Evaluate one embeddings file on one protocol and write the metrics JSON ``out`` with its
+    per-unit file beside it (``fgbench evaluate``, ``fgbench evaluate-model``). A protocol the
+    test split cannot serve (e.g. too few images per class for its episodes) is an FgbenchError."""
+    from .units import write_metrics
+
+    try:
+        rows, digest, per_layer = metric_rows_and_units(embeddings_path, protocol, run, config_hash, device)
+    except ValueError as e:
+        raise FgbenchError(f"{embeddings_path}: {e}") from e
+    write_metrics(out, rows, digest, per_layer, protocol["name"])
+
+
+__all__ = ["evaluate_to_file", "PROTOCOLS", "evaluate_layer", "evaluate_protocol", "layer_features", "layer_names", "layer_units",
            "load_embeddings", "metric_rows", "metric_rows_and_units", "protocol_layers", "protocol_units",
            "tidy_rows"]

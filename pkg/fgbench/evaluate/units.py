@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_text
 
 
 def _update(h, value) -> None:
@@ -70,6 +70,13 @@ def fewshot_draws_hash(draws, protocol: dict) -> str:
     sampling = {k: protocol.get(k) for k in ("n_way", "n_shot", "n_query", "n_aug", "intra", "max_ways")}
     episodes = [[np.asarray(s), np.asarray(q)] for s, q, _ in draws]
     return draws_hash(episodes=episodes, **sampling)
+
+
+def write_metrics(out, rows, draws_hash: str, per_layer: dict, protocol: str) -> None:
+    """The metrics JSON ``out`` and, beside it, the per-unit results, each written atomically;
+    the JSON last, so a complete JSON always has its per-unit file."""
+    write_units(units_path(out), draws_hash, per_layer, protocol)
+    atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
 
 
 def write_units(path, draws_hash: str, per_layer: dict, protocol: str | None = None) -> None:
