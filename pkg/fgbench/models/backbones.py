@@ -12,6 +12,7 @@ from torch import nn
 from .. import plugins
 from ..errors import ConfigError
 from .resnet12 import ResNet12
+from .state_dicts import load_strict, read_state_dict
 
 
 class SmallCNN(nn.Module):
@@ -106,21 +107,12 @@ def _googlenet_options(weights, weights_file) -> dict:
 
 
 def load_weights(net: nn.Module, path, ignore=("fc.",)) -> None:
-    """Load a state dict file into ``net`` (entries starting with a prefix in ``ignore``, the
-    classifier's, skipped), strictly otherwise; a missing file or a mismatch stops with a message
-    naming the file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise ConfigError(f"backbone weights_file {path} cannot be read ({e}); set backbone.weights_file to a saved state dict") from e
-    state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore))}
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shapes differ
-        missing, unexpected = [str(e).splitlines()[1].strip()], []
-    if missing or unexpected:
-        raise ConfigError(f"backbone weights_file {path} does not fit the architecture: "
-                          f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    """Load a state dict file into ``net`` strictly (:func:`state_dicts.load_strict`: one message
+    naming the file and the mismatching keys), skipping the file's entries under a prefix in
+    ``ignore`` (the classifier's)."""
+    key = "backbone.weights_file"
+    state = {k: v for k, v in read_state_dict(path, key).items() if not k.startswith(tuple(ignore))}
+    load_strict(net, state, path, key, optional=ignore)
 
 
 class AvgMaxPool(nn.Module):

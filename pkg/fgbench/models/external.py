@@ -19,7 +19,6 @@ network runs once per batch for all requested layers:
 from __future__ import annotations
 
 import importlib
-from collections import Counter
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from .state_dicts import load_strict, read_state_dict
 
 POOLED = "pooled"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -136,68 +136,6 @@ def last_linear_input(network: nn.Module):
         network(x)
         return captured.pop("x")
     return features
-
-
-# --- state dicts ------------------------------------------------------------------------------
-
-
-def _groups(keys) -> str:
-    """Keys grouped by their first component: ``layer4 (30), fc (2)``."""
-    counts = Counter(k.split(".", 1)[0] for k in keys)
-    return ", ".join(f"{prefix} ({n})" for prefix, n in counts.items())
-
-
-def _prefix_hint(loaded, expected) -> str:
-    """When every loaded key carries one extra leading component (DDP's ``module.``, MoCo's
-    ``encoder_q.``) that, dropped, gives the expected keys: say so."""
-    firsts = {k.split(".", 1)[0] for k in loaded}
-    if len(firsts) == 1 and all("." in k for k in loaded):
-        stripped = {k.split(".", 1)[1] for k in loaded}
-        if len(stripped & set(expected)) >= len(expected) // 2:
-            return f"; the file's keys carry the prefix '{firsts.pop()}.': save the state dict without it"
-    return ""
-
-
-def mismatch_message(path, missing, unexpected, expected, loaded, shapes=()) -> str:
-    """Missing and unexpected keys grouped by prefix, the expected layout, and a hint when only a
-    leading prefix differs (the released checkpoints' key maps: fgbench.models.released)."""
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} key(s): {_groups(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s): {_groups(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es): " + ", ".join(shapes[:3]))
-    return (f"{path} does not fit the model: {'; '.join(parts)}. Expected layout: {_groups(expected)}"
-            + _prefix_hint(loaded, expected))
-
-
-def read_state_dict(path, key: str) -> dict:
-    """A saved state dict (a plain dict of tensors, or one under 'state_dict' / 'model')."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise ConfigError(f"config key '{key}': cannot read {path} as a torch state dict ({e})") from e
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"config key '{key}': {path} holds a {type(state).__name__}, not a state dict of tensors")
-    return state
-
-
-def load_strict(network: nn.Module, state: dict, path, key: str, optional=()) -> None:
-    """Load ``state`` into ``network``: every key must match in name and shape, except that keys
-    under a prefix in ``optional`` (an unused classifier) may be absent. A mismatch is one
-    ``ConfigError``: missing and unexpected keys grouped by prefix, and the expected layout."""
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state and not k.startswith(tuple(optional))]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise ConfigError(f"config key '{key}': " + mismatch_message(path, missing, unexpected, list(expected), list(state), shapes))
-    network.load_state_dict(state, strict=False)
 
 
 # --- the sources ------------------------------------------------------------------------------
