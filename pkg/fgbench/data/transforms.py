@@ -453,7 +453,10 @@ class BatchAugment:
 def to_tensor(images: np.ndarray, uint8: bool = False) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1] (raw pixels / 255), or
     with ``uint8`` the uint8 pixels in that layout."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # a read-only memory map (the store): torch must not alias it
+        images = images.copy()
+    x = torch.from_numpy(images)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x if uint8 else x.float().div_(255)
 
