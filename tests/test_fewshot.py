@@ -105,6 +105,21 @@ def test_gram_and_primal_forms_reach_sklearns_optimum(data, monkeypatch, gram):
     np.testing.assert_array_equal(pred, fit_predict_logreg(Xs, ys, Xq))
 
 
+@pytest.mark.parametrize("gram", [True, False])
+@pytest.mark.parametrize("C", [0.1, 10.0])
+def test_regularisation_other_than_one_reaches_sklearns_optimum(data, monkeypatch, gram, C):
+    """C scales the gradient and the Hessian product (skipped when C is 1): both forms reach the
+    tightly converged scikit-learn fit at weaker and stronger regularisation."""
+    monkeypatch.setattr(fewshot, "_use_gram", lambda K, S, D: gram)
+    Xs, ys, _, _ = _episodes(data, 2, n_way="all")
+    coef, intercept = fit_logreg(Xs, ys, C=C)
+    for e in range(len(Xs)):
+        clf = LogisticRegression(C=C, solver="lbfgs", max_iter=10000, tol=1e-12).fit(Xs[e], ys[e])
+        ref = logreg_objective(Xs[e], ys[e], clf.coef_, clf.intercept_, C=C)
+        assert logreg_objective(Xs[e], ys[e], coef[e], intercept[e], C=C) == pytest.approx(ref, rel=1e-9)
+        np.testing.assert_allclose(coef[e], clf.coef_, atol=1e-5 * max(1.0, C))
+
+
 def test_cost_model_picks_the_cheaper_form():
     """Gram form unless there are many more supports than dimensions (cost S^2 D + (K + 24)
     (S D + 6 S^2) against 13 (K + 24) S D: multiply-adds, 24 per float read by a product)."""
