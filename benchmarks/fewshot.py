@@ -6,18 +6,26 @@ and reports time, speed-up, prediction agreement and mean accuracy.
 
     .venv/bin/python benchmarks/fewshot.py                 # Fashion-MNIST-sized, 128-d
     .venv/bin/python benchmarks/fewshot.py --shapes paper  # the papers' shapes (see PAPER_SHAPES)
+    .venv/bin/python benchmarks/fewshot.py --shapes paper --against 1099d07  # this solver vs an older one
 
 ``--shapes paper`` runs each shape of PAPER_SHAPES on a few episodes: per-episode time of
 ``fit_predict_logreg`` and of one ``LogisticRegression(C=1)`` fit per episode, interleaved in
 this process, their ratio, the fraction of identical query predictions, the accuracy difference
 and the solver's peak memory (CPU: peak RSS growth over the features; CUDA: peak allocated).
+``--against REV`` times, instead, this checkout's solver against ``pkg/fgbench/evaluate/fewshot.py``
+as of git revision REV, alternating in one process (the machine's speed drifts between runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,6 +177,46 @@ def paper(args):
         paper_shape(label, shape, args)
 
 
+def solver_at(rev: str):
+    """``fgbench.evaluate.fewshot`` as of git revision ``rev``, imported beside this checkout's."""
+    source = subprocess.run(["git", "show", f"{rev}:pkg/fgbench/evaluate/fewshot.py"], check=True,
+                            capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    path = Path(tempfile.mkdtemp()) / "fewshot.py"
+    path.write_text(source)
+    name = f"fgbench.evaluate._fewshot_at_{rev.replace('.', '_')}"  # relative imports resolve in the package
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(args):
+    """Per-episode time of this solver and of the one at ``args.against`` on the paper shapes,
+    alternating whole batches (best and median of ``args.repeats``), and their agreement."""
+    old = solver_at(args.against)
+    print(f"threads: {args.threads}; solver at {args.against} vs this checkout, best / median of {args.repeats}")
+    print(f"| shape | {args.against} ms/episode | this ms/episode | speed-up (best) | identical predictions |")
+    print("|---|---:|---:|---:|---:|")
+    for label, (classes, dim, n_way, n_shot, sep) in PAPER_SHAPES.items():
+        if args.only and args.only not in label:
+            continue
+        features, aug, fine = make_features(classes, n_shot + args.n_query + 5, dim, args.n_aug, sep,
+                                            args.aug_noise, args.seed)
+        episodes = args.paper_episodes if n_way == "all" else 50 * args.paper_episodes
+        draws = [sample_episode(i, fine, n_way=n_way, n_shot=n_shot, n_query=args.n_query) for i in range(episodes)]
+        Xs, ys, Xq, _ = episode_arrays(features, aug, draws, args.n_aug)
+        times, preds = {"old": [], "new": []}, {}
+        for _ in range(args.repeats):
+            for side, solve in (("old", old.fit_predict_logreg), ("new", fit_predict_logreg)):
+                t0 = time.perf_counter()
+                preds[side] = solve(Xs, ys, Xq, device=args.device)
+                times[side].append(1000 * (time.perf_counter() - t0) / episodes)
+        best = {side: min(t) for side, t in times.items()}
+        median = {side: float(np.median(t)) for side, t in times.items()}
+        print(f"| {label} | {best['old']:.2f} / {median['old']:.2f} | {best['new']:.2f} / {median['new']:.2f} | "
+              f"{best['old'] / best['new']:.2f}x | {100 * (preds['old'] == preds['new']).mean():.2f}% |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", choices=("fmnist", "paper"), default="fmnist",
@@ -183,6 +231,8 @@ def main():
     p.add_argument("--tight", action="store_true",
                    help="with --shapes paper: also compare fgbench and the default scikit-learn fit with "
                         "scikit-learn fits to tol=1e-8 (the optimum)")
+    p.add_argument("--against", metavar="REV",
+                   help="with --shapes paper: time this solver against the one at git revision REV instead of scikit-learn")
     p.add_argument("--device", default="cpu")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=1000)
@@ -203,7 +253,7 @@ def main():
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
     if args.shapes == "paper":
-        return paper(args)
+        return against(args) if args.against else paper(args)
 
     features, aug, fine = make_features(args.classes, args.per_class, args.dim, args.n_aug,
                                         args.class_sep, args.aug_noise, args.seed)
