@@ -287,6 +287,28 @@ def test_evaluate_model_prints_rows_on_the_benchmark_episodes(data, resnet_file,
     assert len(units["mine"]["units"]["emb"]["accuracy"]) == 5
 
 
+def test_evaluate_model_reuses_embeddings_only_while_the_weights_are_the_same(data, tmp_path, capsys):
+    """A second call (say, for another protocol) reuses the embeddings when the model's files, the
+    data and the code are unchanged; new weights in the same file are embedded again."""
+    weights = tmp_path / "w.pt"
+    args = ["evaluate-model", "--torchvision", "resnet18", "--weights-file", str(weights), "--image-size", "32",
+            "--resize", "32", "--dataset", "fashion_mnist", "--setting", "coarse_to_fine", "--protocol",
+            "fewshot_5way", "--configfile", experiment(tmp_path, data), "--workdir", str(tmp_path / "out")]
+
+    def run(seed):
+        torch.manual_seed(seed)
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        return "reusing" in out, [line for line in out.splitlines() if line.startswith("| resnet18 (pooled)")]
+
+    reused, rows = run(0)
+    assert not reused and len(rows) == 1
+    assert run(0) == (True, rows)  # the same weights rewritten: same content, reused
+    reused, new_rows = run(1)
+    assert not reused and new_rows != rows
+
+
 @pytest.mark.workflow
 def test_models_beside_trained_methods_in_a_tiny_workflow(real_fashion, resnet_file, tmp_path):
     """A torchvision ResNet-18 from a saved weights file and a precomputed embeddings file, beside

@@ -214,12 +214,10 @@ def embed_model(spec: dict, data_path, out_path, device="auto") -> None:
     from .data import load_prepared
     from .embed import embedding_arrays, save_embeddings, setting_part
     from .evaluate import non_finite
-    from .provenance import code_version, digest, file_hash
     from .train.loop import pick_device
 
     data = load_prepared(data_path)
     part = setting_part(data, spec["setting_def"])
-    files = [spec[k] for k in (*FILE_KEYS, "path") if spec.get(k)]
     if spec["source"] == "embeddings":
         arrays = precomputed_arrays(spec["path"], data, part, spec["layers"])
     else:
@@ -233,8 +231,31 @@ def embed_model(spec: dict, data_path, out_path, device="auto") -> None:
             raise FgbenchError(f"layer '{layer}' of model '{spec['model']}' gives {count} non-finite values (NaN or "
                                f"inf) on the test split of {spec['dataset']}; check its weights and transform "
                                f"(config key 'models.{spec['model']}')")
-    arrays["provenance"] = np.str_(digest(spec, data.data_hash, [file_hash(f) for f in files], code_version()))
+    arrays["provenance"] = np.str_(embeddings_provenance(spec, data.data_hash))
     save_embeddings(arrays, out_path)
+
+
+def embeddings_provenance(spec: dict, data_hash: str) -> str:
+    """What a model's embeddings depend on: its spec, the data, the content of every file it
+    reads (weights, checkpoint, precomputed embeddings) and fgbench's code."""
+    from .provenance import code_version, digest, file_hash
+
+    files = [spec[k] for k in (*FILE_KEYS, "path") if spec.get(k)]
+    return digest(spec, data_hash, [file_hash(f) for f in files], code_version())
+
+
+def embeddings_current(spec: dict, data_path, out_path) -> bool:
+    """Whether ``out_path`` already holds these embeddings (the same provenance). A ``callable``
+    is the user's code, which the provenance cannot see, so it never counts as current."""
+    from .data import prepared_identity
+
+    if spec["source"] == "callable" or not Path(out_path).is_file():
+        return False
+    with np.load(data_path) as z:
+        data_hash = prepared_identity(z, data_path)
+    with np.load(out_path) as z:
+        stored = str(z["provenance"]) if "provenance" in z.files else None
+    return stored == embeddings_provenance(spec, data_hash)
 
 
 def _encoder(spec: dict, data_path, device):
@@ -380,10 +401,13 @@ def evaluate_model(cfg: dict, name: str, workdir, device="cpu", embed_device="au
         run_dir = f"{dataset}/{setting}/{model}/seed{seed}"
         embeddings = workdir / "embeddings" / run_dir / "test.npz"
         mspec = model_spec(cfg, dataset, setting, model)
-        if mspec["source"] != "embeddings":  # the long part: the user waits on this line
-            print(f"embedding the {setting} test split of {dataset} with {model} ({mspec['embed']['views']} support "
-                  "views per image)", flush=True)
-        embed_model(mspec, data, embeddings, device=embed_device)
+        if embeddings_current(mspec, data, embeddings):  # a second call, e.g. for other protocols
+            print(f"reusing {embeddings} (same model files, data and code)", flush=True)
+        else:
+            if mspec["source"] != "embeddings":  # the long part: the user waits on this line
+                print(f"embedding the {setting} test split of {dataset} with {model} "
+                      f"({mspec['embed']['views']} support views per image)", flush=True)
+            embed_model(mspec, data, embeddings, device=embed_device)
         run = {"dataset": dataset, "setting": setting, "method": model, "seed": seed}
         for protocol in protocols_for(cfg, setting, model):
             out = workdir / "metrics" / run_dir / f"{protocol}.json"

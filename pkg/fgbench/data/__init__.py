@@ -300,6 +300,12 @@ def _images(z, split: str, folder: Path):
     raise KeyError(f"no images for split {split}")
 
 
+def prepared_identity(z, path) -> str:
+    """The prepared data's identity: its ``data_hash`` (``z``: the open data.npz), or for older
+    files their bytes' hash."""
+    return str(z["data_hash"]) if "data_hash" in z else file_hash(path)
+
+
 def load_prepared(path) -> PreparedData:
     fix = "delete it and rerun `fgbench prepare` (snakemake: delete it and rerun the workflow)"
     try:
@@ -313,7 +319,7 @@ def load_prepared(path) -> PreparedData:
                 splits[s] = split
             names = json.loads(str(z["names"]))
             fine_to_coarse = z["fine_to_coarse"]
-            identity = str(z["data_hash"]) if "data_hash" in z else file_hash(path)  # older files: their bytes
+            identity = prepared_identity(z, path)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, DataError) as e:
         raise DataError(f"prepared dataset {path} is unreadable ({e}); {fix}") from e
     return PreparedData(splits, names["fine"], names["coarse"], fine_to_coarse, identity)

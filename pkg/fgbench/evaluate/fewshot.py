@@ -228,7 +228,7 @@ class _Problem:
     Features are centred on the support mean m: ``X W^T + b = Xc W^T + (b + W m)`` is the same
     model with an unpenalised intercept, so the optimum's W is unchanged, while the common
     direction of real (non-negative) features no longer inflates the Hessian.  Layout is
-    class-major (faster small batched matmuls on CPU): labels and probabilities ``(E, K, S)``.
+    class-major (faster small batched matmuls on CPU): logits and probabilities ``(E, K, S)``.
 
     Two representations of W, chosen per chunk by :func:`_use_gram` (whichever costs fewer
     multiply-adds; both give the same iterates up to rounding):
