@@ -307,6 +307,8 @@ def test_evaluate_model_reuses_embeddings_only_while_the_weights_are_the_same(da
     assert run(0) == (True, rows)  # the same weights rewritten: same content, reused
     reused, new_rows = run(1)
     assert not reused and new_rows != rows
+    next((tmp_path / "out/embeddings").rglob("test.npz")).write_bytes(b"torn")  # an unreadable old file
+    assert run(1) == (False, new_rows)
 
 
 @pytest.mark.workflow

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -251,10 +252,13 @@ def embeddings_current(spec: dict, data_path, out_path) -> bool:
 
     if spec["source"] == "callable" or not Path(out_path).is_file():
         return False
+    try:  # an unreadable old file is simply embedded again
+        with np.load(out_path) as z:
+            stored = str(z["provenance"]) if "provenance" in z.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
     with np.load(data_path) as z:
         data_hash = prepared_identity(z, data_path)
-    with np.load(out_path) as z:
-        stored = str(z["provenance"]) if "provenance" in z.files else None
     return stored == embeddings_provenance(spec, data_hash)
 
 
