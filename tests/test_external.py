@@ -242,9 +242,30 @@ def test_model_named_like_a_combination_is_refused(tmp_path):
     combination = [{"name": "ens", "kind": "ensemble", "models": [{"method": "supervised_coarse", "layer": "backbone"},
                                                                        {"method": "ancor", "layer": "backbone"}]}]
     benchmark = {"fashion_mnist": {"coarse_to_fine": ["supervised_coarse", "ancor"]}}
-    with pytest.raises(ConfigError, match="'ens' is already the name of a combination"):
+    with pytest.raises(ConfigError, match="'combinations\\[0\\].name' is 'ens', which is a method's or model's name"):
         config({"ens": {"source": "embeddings", "path": str(tmp_path / "e.npz")}}, combinations=combination,
                benchmark=benchmark)
+
+
+def test_a_combination_may_join_a_model_and_a_method(resnet_file, tmp_path):
+    """Its members' layers are checked (a precomputed file's only when read), and it runs wherever
+    both members are evaluated."""
+    from fgbench.evaluate.combine import combination_cells
+    from fgbench.config import model_runs, runs
+
+    (tmp_path / "e.npz").touch()
+    models = {"m": torchvision_entry(resnet_file), "e": {"source": "embeddings", "path": str(tmp_path / "e.npz")}}
+
+    def combination(member, layer):
+        return [{"name": "cat", "kind": "concat", "models": [{"method": "supervised_coarse", "layer": "backbone"},
+                                                              {"method": member, "layer": layer}]}]
+
+    cfg = config(models, combinations=combination("m", "pooled"))
+    assert combination_cells(cfg["combinations"], runs(cfg) + model_runs(cfg)) == [
+        ("fashion_mnist", "coarse_to_fine", "cat", 0)]
+    assert config(models, combinations=combination("e", "anything"))["combinations"][0]["models"][1]["layer"] == "anything"
+    with pytest.raises(ConfigError, match="'combinations\\[0\\].models\\[1\\].layer' is 'layer4', which method 'm'"):
+        config(models, combinations=combination("m", "layer4"))
 
 
 def test_released_checkpoint_is_loaded_into_the_method_its_train_spec_builds(data, tmp_path):
@@ -333,14 +354,17 @@ def test_models_beside_trained_methods_in_a_tiny_workflow(real_fashion, resnet_f
     np.savez(tmp_path / "pixels.npz", index=index, features_pixels=pixels, aug_features_pixels=views)
     cfg["models"] = {"resnet18_file": torchvision_entry(resnet_file),
                      "raw_pixels": {"source": "embeddings", "path": str(tmp_path / "pixels.npz")}}
+    cfg["combinations"] = [{"name": "cat_sup+resnet", "kind": "concat", "models": [
+        {"method": "supervised_coarse", "layer": "backbone"}, {"method": "resnet18_file", "layer": "pooled"}]}]
     write_config(tmp_path / "run", cfg)
     snakemake(tmp_path / "run", "results/tables/summary.csv", "results/tables/comparisons.csv")
     metrics = tmp_path / "run/results/metrics/fashion_mnist/coarse_to_fine"
     hashes = {m: load_units(metrics / m / "seed0/fewshot_5way.npz")["draws_hash"]
-              for m in ("supervised_coarse", "resnet18_file", "raw_pixels")}
+              for m in ("supervised_coarse", "resnet18_file", "raw_pixels", "cat_sup+resnet")}
     assert len(set(hashes.values())) == 1, hashes
     summary = pd.read_csv(tmp_path / "run/results/tables/summary.csv")
-    assert {"resnet18_file", "raw_pixels"} <= set(summary["method"])
+    assert {"resnet18_file", "raw_pixels", "cat_sup+resnet"} <= set(summary["method"])
+    assert set(summary.query("method == 'cat_sup+resnet'")["layer"]) == {"backbone+pooled"}
     pooled = summary.query("method == 'resnet18_file'")
     assert set(pooled["layer"]) == {"pooled"} and pooled["mean"].between(0, 1).all()
     comparisons = pd.read_csv(tmp_path / "run/results/tables/comparisons.csv", keep_default_na=False)

@@ -346,9 +346,12 @@ def validate(config: dict) -> dict:
     from .data import get_dataset
 
     check_protocol_fit(cfg, get_dataset)
-    layers = {name: tuple(m["embed_layer"]) for name, m in cfg["methods"].items()}
-    cfg["combinations"] = validate_combinations(cfg.get("combinations"), layers, runs=runs(cfg))
     cfg["models"] = _resolve_models(cfg)
+    # A combination may join methods and models; a precomputed file's layers are known only when
+    # it is read (None: any layer).
+    layers = {name: tuple(m["embed_layer"]) for name, m in cfg["methods"].items()}
+    layers.update({name: tuple(m["layers"]) if m["layers"] else None for name, m in cfg["models"].items()})
+    cfg["combinations"] = validate_combinations(cfg.get("combinations"), layers, runs=runs(cfg) + model_runs(cfg))
     known = _method_names() | {c["name"] for c in cfg["combinations"]} | set(cfg["models"])
     cfg["compare"] = validate_compare(cfg.get("compare"), known)
     return cfg
@@ -365,8 +368,7 @@ def _resolve_models(cfg: dict) -> dict:
     """The 'models' section (fgbench.external): checked, with each model's layers resolved."""
     from .external import check_models, model_layers
 
-    taken = {**{m: "method" for m in _method_names()}, **{c["name"]: "combination" for c in cfg["combinations"]}}
-    models = check_models(cfg.get("models"), cfg["benchmark"], taken)
+    models = check_models(cfg.get("models"), cfg["benchmark"], {m: "method" for m in _method_names()})
     for name, entry in models.items():
         if entry["source"] == "released" and entry["layers"] is not None:
             valid = cfg["methods"][entry["method"]]["embed_layer"]

@@ -146,8 +146,8 @@ def _check_torchvision(entry: dict, key: str) -> None:
 def check_models(models, benchmark: dict, taken: dict) -> dict:
     """The ``models`` section, each entry checked and completed: ``layers`` (None: the source's
     default), ``transform`` ({}: the source's), ``evaluate_on`` (default: every dataset and setting
-    of the benchmark), ``metric``. ``taken``: {name: what it is} of methods and combinations, which a
-    model may not be named like (their results share the folder)."""
+    of the benchmark), ``metric``. ``taken``: {name: what it is} of the methods, which a model may not
+    be named like (their results share the folder; combinations check their own names)."""
     if models is None:
         return {}
     if not isinstance(models, dict):

@@ -158,7 +158,7 @@ COMBINATION_PATTERN = alternatives(COMBINATIONS)
 FEWSHOT_PATTERN = alternatives(FEWSHOT_PROTOCOLS)
 COMBINED_METRICS = [
     f"results/metrics/{d}/{s}/{name}/seed{seed}/{p}.json"
-    for d, s, name, seed in combination_cells(COMBINATIONS.values(), RUNS)
+    for d, s, name, seed in combination_cells(COMBINATIONS.values(), RUNS + MODEL_RUNS)
     for p in FEWSHOT_PROTOCOLS
 ]
 ALL_METRICS = METRICS + COMBINED_METRICS
@@ -185,9 +185,16 @@ def combine_spec(wildcards):
     return json.dumps({"combination": COMBINATIONS[wildcards.combination], "protocol": protocol})
 
 
+def member_spec(dataset, setting, name, seed):
+    """A combination member's spec: a method's train spec, or a model's (config 'models')."""
+    if name in CFG["models"]:
+        return fgconfig.model_spec(CFG, dataset, setting, name)
+    return fgconfig.train_spec(CFG, dataset, setting, name, seed)
+
+
 def combine_run_info(wildcards):
     comb = COMBINATIONS[wildcards.combination]
     seed = int(wildcards.seed)
-    specs = [fgconfig.train_spec(CFG, wildcards.dataset, wildcards.setting, m["method"], seed) for m in comb["models"]]
+    specs = [member_spec(wildcards.dataset, wildcards.setting, m["method"], seed) for m in comb["models"]]
     info = {"dataset": wildcards.dataset, "setting": wildcards.setting, "method": wildcards.combination, "seed": seed}
     return json.dumps({**info, "config_hash": fgconfig.spec_hash({"models": specs, "combination": comb})})

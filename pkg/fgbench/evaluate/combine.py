@@ -55,9 +55,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 def validate_combinations(combinations, method_layers: dict, runs=None) -> list:
     """Check the ``combinations`` config list; return it with ``classifier`` filled in.
 
-    ``method_layers`` maps every method of the config to the tuple of its embedded layers.
-    With ``runs`` (the benchmark's ``(dataset, setting, method, seed)`` cells) a combination
-    whose two methods never share a dataset and setting is an error too. Raises
+    ``method_layers`` maps every method and model (config ``models``) of the config to the tuple
+    of its embedded layers (None: any, a precomputed file's are known only when it is read).
+    With ``runs`` (the ``(dataset, setting, method or model, seed)`` cells) a combination whose
+    two members never share a dataset and setting is an error too. Raises
     ``ConfigError`` naming the key, e.g. ``combinations[1].models[0].layer``.
     """
     if combinations is None:
@@ -80,7 +81,7 @@ def validate_combinations(combinations, method_layers: dict, runs=None) -> list:
             raise ConfigError(f"config key '{key}.name' must be a name of letters, digits and _ . + - "
                               f"(it becomes a folder name), got {name!r}")
         if name in method_layers:
-            raise ConfigError(f"config key '{key}.name' is '{name}', which is a method's name; choose another")
+            raise ConfigError(f"config key '{key}.name' is '{name}', which is a method's or model's name; choose another")
         if name in names:
             raise ConfigError(f"config key '{key}.name': '{name}' names two combinations")
         names.add(name)
@@ -96,9 +97,9 @@ def validate_combinations(combinations, method_layers: dict, runs=None) -> list:
                 raise ConfigError(f"config key '{mkey}' must be a mapping with exactly the keys method, layer")
             if model["method"] not in method_layers:
                 raise ConfigError(f"config key '{mkey}.method' is {model['method']!r}; "
-                                  f"valid methods: {', '.join(sorted(method_layers))}")
-            layers = tuple(method_layers[model["method"]])
-            if model["layer"] not in layers:
+                                  f"valid methods and models: {', '.join(sorted(method_layers))}")
+            layers = method_layers[model["method"]]
+            if layers is not None and model["layer"] not in layers:
                 raise ConfigError(f"config key '{mkey}.layer' is {model['layer']!r}, which method "
                                   f"'{model['method']}' does not embed; its layers: {', '.join(layers)} "
                                   f"(add it to methods.{model['method']}.embed_layer)")
@@ -123,7 +124,7 @@ def validate_combinations(combinations, method_layers: dict, runs=None) -> list:
 
 def combination_cells(combinations, runs) -> list:
     """``(dataset, setting, name, seed)`` for every combination and every benchmark cell
-    where both of its methods run (``runs``: ``(dataset, setting, method, seed)`` tuples)."""
+    where both of its members run (``runs``: ``(dataset, setting, method or model, seed)``)."""
     present = {(d, s, m, seed) for d, s, m, seed in runs}
     cells = dict.fromkeys((d, s, seed) for d, s, _, seed in runs)  # benchmark order, no repeats
     return [
