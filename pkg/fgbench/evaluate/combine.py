@@ -102,7 +102,8 @@ def validate_combinations(combinations, method_layers: dict, runs=None) -> list:
             if layers is not None and model["layer"] not in layers:
                 raise ConfigError(f"config key '{mkey}.layer' is {model['layer']!r}, which method "
                                   f"'{model['method']}' does not embed; its layers: {', '.join(layers)} "
-                                  f"(add it to methods.{model['method']}.embed_layer)")
+                                  f"(add it to methods.{model['method']}.embed_layer, or to models.{model['method']}"
+                                  ".layers for a model)")
         classifier = comb.get("classifier") or DEFAULT_CLASSIFIER[kind]
         if classifier not in CLASSIFIERS:
             raise ConfigError(f"config key '{key}.classifier' is {classifier!r}; "
