@@ -237,7 +237,7 @@ def test_bad_model_entries(models, message, tmp_path, monkeypatch):
         config(models)
 
 
-def test_model_named_like_a_combination_is_refused(tmp_path):
+def test_a_model_and_a_combination_may_not_share_a_name(tmp_path):
     (tmp_path / "e.npz").touch()
     combination = [{"name": "ens", "kind": "ensemble", "models": [{"method": "supervised_coarse", "layer": "backbone"},
                                                                        {"method": "ancor", "layer": "backbone"}]}]
