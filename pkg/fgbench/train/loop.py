@@ -169,11 +169,6 @@ def _plain_batches(spec, images, labels):
         yield {"images": x, "labels": labels[index], "index": index}
 
 
-def _on_device(batches, device):
-    for batch in batches:
-        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def _device_batches(source, device, augment: BatchAugment, seeds: tuple, even=True):
     """Global batches of ``source`` as this rank trains on them: the batch augmentation's
     parameters drawn for the whole global batch (seeded by (run seed, epoch, stream) ``seeds``
