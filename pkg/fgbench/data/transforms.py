@@ -454,17 +454,20 @@ def to_tensor(images: np.ndarray, uint8: bool = False) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1] (raw pixels / 255), or
     with ``uint8`` the uint8 pixels in that layout."""
     images = np.ascontiguousarray(images)
-    if not images.flags.writeable:  # a read-only memory map (the store): torch must not alias it
+    # torch must not alias a read-only array (the store's memory map, a decoded image): the float
+    # conversion makes the one copy; uint8 copies only such an array
+    if not uint8:
+        images = images.astype(np.float32)
+    elif not images.flags.writeable:
         images = images.copy()
     x = torch.from_numpy(images)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return x if uint8 else x.float().div_(255)
+    return x if uint8 else x.div_(255)
 
 
 def image_tensor(image: np.ndarray, uint8: bool = False) -> torch.Tensor:
-    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1] (``uint8``: uint8, a
-    copy: a decoded image's array may be read-only)."""
-    return to_tensor((np.array if uint8 else np.asarray)(image)[None], uint8)[0]
+    """One uint8 (H, W) or (H, W, C) image -> float (C, H, W) in [0, 1] (``uint8``: uint8)."""
+    return to_tensor(np.asarray(image)[None], uint8)[0]
 
 
 class ImageDataset(Dataset):
