@@ -6,7 +6,7 @@ runs the CUDA tests first): one table of
 - fgbench's training loop (``fgbench.train.loop.train``, the BREEDS experiment's hyperparameters)
   for supervised_coarse and ANCOR on a synthetic ImageNet-like JPEG folder written here: img/s of
   its last epoch (``images_per_s`` of train_log.csv) and its data waiting, with the JPEG-file path
-  and the decoded-image store (``datasets.X.store: resized``, when this fgbench has it);
+  and the decoded-image store (``datasets.X.store: resized``);
 - the few-shot solver (``fit_predict_logreg``) at the entity30 all-way shape (240 classes,
   2048-d, 1-shot, 5 views, 15 queries): ms per episode over ``--episodes`` episodes.
 
@@ -131,7 +131,7 @@ def raw_resnet50(device, sizes) -> list:
     return rows
 
 
-def loop_config(data_root: Path, sizes: dict, device, store: str | None, batch_augment: bool) -> dict:
+def loop_config(sizes: dict, device, store: str | None, batch_augment: bool) -> dict:
     cfg = yaml.safe_load((REPO / "workflow/experiments/coarse_to_fine_breeds.yaml").read_text())
     workers = min(16, os.cpu_count() or 1) if device.type == "cuda" else 0
     backbone = {"name": "resnet50"} if device.type == "cuda" else {"name": "small_cnn", "width": 1}
@@ -148,18 +148,14 @@ def loop_config(data_root: Path, sizes: dict, device, store: str | None, batch_a
 
 
 def training_loop(device, sizes, folder: Path, work: Path) -> list:
-    """fgbench's training loop: the file path, and the store path when this fgbench has one."""
+    """fgbench's training loop: the file path (batch augmentation off and on) and the store path."""
     DATASETS[SyntheticImageNet.NAME] = SyntheticImageNet(folder, sizes["classes"], sizes["image_size"])
-    has_store = "store" in fgconfig.DATASET_DEFAULTS
     rows = []
     for method in ("supervised_coarse", "ancor"):
         for store, batch_augment in [(None, False), (None, True), ("resized", True)]:
             path = "files" if store is None else f"store: {store}"
             label = f"{path}, batch_augment {'on' if batch_augment else 'off'}"
-            if store is not None and not has_store:
-                rows.append((f"loop {method}", label, "skipped", "this fgbench has no datasets.X.store"))
-                continue
-            cfg = loop_config(folder, sizes, device, store, batch_augment)
+            cfg = loop_config(sizes, device, store, batch_augment)
             spec = fgconfig.train_spec(cfg, SyntheticImageNet.NAME, "coarse_to_fine", method, 0)
             data = work / f"data-{path.replace(': ', '-')}.npz"
             if not data.exists():
